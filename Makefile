@@ -1,0 +1,41 @@
+# Two commands do everything:  make pipeline  and  make test.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Offline and quiet, for every command (see docs/tooling.md).
+export DVC_NO_ANALYTICS := 1
+export DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_HOME := $(CURDIR)/.prefect
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+export PREFECT_LOGGING_LEVEL := WARNING
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
+export GLOO_SOCKET_IFNAME := lo
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: pipeline test venv dag bench clean-data
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+pipeline: $(STAMP)
+	$(VENV)/bin/dvc repro
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+dag: $(STAMP)
+	$(VENV)/bin/dvc dag
+
+bench: $(STAMP)
+	$(PY) -m bench.data

@@ -1,0 +1,1 @@
+"""Benchmarks (not tests); each writes reports/bench/<name>.json."""

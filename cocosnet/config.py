@@ -1,0 +1,185 @@
+"""`params.yaml` -> frozen, typed dataclasses, one per section.
+
+Unknown keys, missing keys and wrong types are errors that name the key
+(`data.load_size: expected int, got str '136'`). Profiles (`profiles/*.yaml`)
+are override files that `apply_profile` writes into params.yaml, so DVC, the
+stages and `dvc exp run -S` all see one file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params file that does not match the config schema."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: Literal["synthetic", "deepfashion"]
+    root: str  # data root holding img/, pose/ and the lists
+    processed: str  # where prepare/render_keypoints/build_pairs write
+    load_size: int  # images and labels are cached at load_size x load_size
+    crop_size: int  # the working resolution; random crops of load_size
+    on_bad_sample: Literal["error", "skip"]
+    workers: int  # processes for rendering; 0 = all cores
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    num_identities: int
+    views_per_identity: int
+    image_width: int
+    image_height: int
+    val_fraction: float
+    jpeg_quality: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Config:
+    profile: str
+    data: DataConfig
+    synthetic: SyntheticConfig
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: expected one of {_type_name(tp)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {' | '.join(_type_name(a) for a in args)}, got {value!r}")
+    if origin is tuple:
+        (item, _) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return tuple(_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            hint = " (write floats as 1.0e-4: YAML 1.1 reads 1e-4 as a string)" if isinstance(value, str) else ""
+            raise ConfigError(f"{key}: expected float, got {type(value).__name__} {value!r}{hint}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected int, got {type(value).__name__} {value!r}")
+        return value
+    if tp in (str, bool):
+        if not isinstance(value, tp):
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    raise TypeError(f"{key}: unsupported config type {tp!r}")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix or "top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        keys = ", ".join(f"{prefix}.{k}" if prefix else str(k) for k in unknown)
+        raise ConfigError(f"unknown key(s): {keys}; expected one of {names} in {where}")
+    missing = [n for n in names if n not in raw]
+    if missing:
+        keys = ", ".join(f"{prefix}.{k}" if prefix else k for k in missing)
+        raise ConfigError(f"missing key(s): {keys}")
+    return cls(**{n: _convert(raw[n], hints[n], f"{prefix}.{n}" if prefix else n) for n in names})
+
+
+def config_from_dict(raw: dict) -> Config:
+    """Validate a nested dict (as read from params.yaml) into a Config."""
+    cfg = _build(Config, raw, "")
+    _check_consistency(cfg)
+    return cfg
+
+
+def _check_consistency(cfg: Config) -> None:
+    d = cfg.data
+    if d.crop_size > d.load_size:
+        raise ConfigError(f"data.crop_size ({d.crop_size}) must not exceed data.load_size ({d.load_size})")
+    if d.crop_size % 8:
+        raise ConfigError(f"data.crop_size ({d.crop_size}) must be divisible by 8 (4 pyramid levels)")
+    if cfg.synthetic.views_per_identity < 2:
+        raise ConfigError("synthetic.views_per_identity must be >= 2 to form self pairs")
+    if not 0.0 <= cfg.synthetic.val_fraction < 1.0:
+        raise ConfigError("synthetic.val_fraction must be in [0, 1)")
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return raw
+
+
+def load_config(path: str | Path = "params.yaml") -> Config:
+    """Load and validate a params file; errors name the file and the key."""
+    try:
+        return config_from_dict(read_yaml(path))
+    except ConfigError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def merge(base: dict, override: dict, prefix: str = "") -> dict:
+    """Deep-merge `override` into a copy of `base`; override keys must exist in base."""
+    out = dict(base)
+    for key, value in override.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if key not in base:
+            raise ConfigError(f"profile sets unknown key {name}")
+        if isinstance(value, dict):
+            if not isinstance(base[key], dict):
+                raise ConfigError(f"profile sets {name} as a section, but it is a value")
+            out[key] = merge(base[key], value, name)
+        else:
+            out[key] = value
+    return out
+
+
+def flatten(raw: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1} (for MLflow params and comparisons)."""
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = value
+    return flat

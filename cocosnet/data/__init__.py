@@ -1,0 +1,1 @@
+"""Data half of the pipeline: pose labels, DeepFashion-HD layout, synthetic data, pairs."""

@@ -1,0 +1,1 @@
+"""Thin CLIs, one per DVC stage: parse arguments, read params, call cocosnet."""
