@@ -1,0 +1,1 @@
+"""Networks: domain alignment, hierarchical correspondence, generator, discriminator."""

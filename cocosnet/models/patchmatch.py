@@ -1,0 +1,224 @@
+"""Differentiable PatchMatch over continuous candidate positions, and its ConvGRU update.
+
+Differences from the official `PatchMatchGRU` (reference §2.2, §6):
+  * candidates are continuous (x, y) positions; scores and warped colours are
+    bilinear samples at those positions, so gradient reaches the positions,
+    and through them the GRU (the official GRU never gets a gradient);
+  * the next level starts from all k coarse candidates, not only #0;
+  * propagation takes the neighbours' best candidates, shifted by one pixel;
+  * random search around the current best with a shrinking radius (absent
+    in the official code);
+  * duplicates are removed before the top-k (the official code keeps them);
+  * no index arithmetic: the official `floor(row * W + col)` conversion
+    mis-handles fractional row offsets.
+The search itself (which candidates survive) is discrete and runs without
+gradient; the final scores are recomputed with gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SCORE_CHUNK = 8  # candidates sampled at once: bounds memory to O(B*C*H*W*SCORE_CHUNK)
+
+
+def sample_at(source: Tensor, coords: Tensor) -> Tensor:
+    """Bilinearly sample `source` (B, C, Hk, Wk) at `coords` (B, H, W, K, 2) (x, y) in pixels.
+
+    Returns (B, C, H, W, K). Positions outside the map are clamped to the border.
+    """
+    b, c, hk, wk = source.shape
+    _, h, w, k, _ = coords.shape
+    scale = coords.new_tensor([2.0 / max(wk - 1, 1), 2.0 / max(hk - 1, 1)])
+    grid = (coords * scale - 1.0).reshape(b, h, w * k, 2)
+    out = F.grid_sample(source, grid.to(source.dtype), mode="bilinear", padding_mode="border",
+                        align_corners=True)  # (B, C, H, W*K)
+    return out.view(b, c, h, w, k)
+
+
+def candidate_scores(query: Tensor, key: Tensor, coords: Tensor) -> Tensor:
+    """Cosine similarity of each query pixel with the key sampled at its candidates.
+
+    query (B, C, H, W), key (B, C, Hk, Wk), coords (B, H, W, K, 2) -> (B, H, W, K).
+    Evaluated SCORE_CHUNK candidates at a time.
+    """
+    q = query.unsqueeze(-1)  # (B, C, H, W, 1)
+    return torch.cat([(sample_at(key, chunk) * q).sum(1)
+                      for chunk in coords.split(SCORE_CHUNK, dim=3)], dim=-1)
+
+
+def clamp_coords(coords: Tensor, hk: int, wk: int) -> Tensor:
+    limit = coords.new_tensor([wk - 1, hk - 1])
+    return torch.minimum(coords.clamp_min(0.0), limit)
+
+
+def select_top_k(coords: Tensor, scores: Tensor, k: int, hk: int, wk: int) -> tuple[Tensor, Tensor]:
+    """Drop duplicate candidates (same half-pixel cell), keep the best k, best first.
+
+    coords (B, H, W, N, 2), scores (B, H, W, N) -> (B, H, W, k, 2), (B, H, W, k).
+    """
+    cells = torch.round(coords * 2).long()
+    cell_id = cells[..., 1] * (2 * wk + 3) + cells[..., 0]
+    order = scores.argsort(dim=-1, descending=True)
+    ids_by_score = cell_id.gather(-1, order)
+    # A stable sort by cell keeps, within each cell, the best-scoring candidate first.
+    ids_sorted, by_cell = torch.sort(ids_by_score, dim=-1, stable=True)
+    dup_sorted = torch.zeros_like(ids_sorted, dtype=torch.bool)
+    dup_sorted[..., 1:] = ids_sorted[..., 1:] == ids_sorted[..., :-1]
+    dup = torch.zeros_like(dup_sorted).scatter(-1, by_cell, dup_sorted)  # in score order
+    ranked = scores.gather(-1, order).masked_fill(dup, float("-inf"))
+    top = ranked.topk(min(k, ranked.shape[-1]), dim=-1)
+    keep = order.gather(-1, top.indices)
+    out_coords = coords.gather(-2, keep.unsqueeze(-1).expand(*keep.shape, 2))
+    return out_coords, scores.gather(-1, keep)
+
+
+def _neighbour_candidates(coords: Tensor, m: int) -> Tensor:
+    """The best m candidates of the 4 neighbours, shifted by the step to this pixel.
+
+    coords (B, H, W, K, 2) -> (B, H, W, 4m, 2). At the border a pixel sees itself.
+    """
+    best = coords[..., :m, :]
+    left = torch.cat([best[:, :, :1], best[:, :, :-1]], dim=2) + best.new_tensor([1.0, 0.0])
+    right = torch.cat([best[:, :, 1:], best[:, :, -1:]], dim=2) - best.new_tensor([1.0, 0.0])
+    up = torch.cat([best[:, :1], best[:, :-1]], dim=1) + best.new_tensor([0.0, 1.0])
+    down = torch.cat([best[:, 1:], best[:, -1:]], dim=1) - best.new_tensor([0.0, 1.0])
+    return torch.cat([left, right, up, down], dim=3)
+
+
+def search_step(query: Tensor, key: Tensor, coords: Tensor, scores: Tensor, *, radius: float,
+                num_random: int = 4, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """One PatchMatch iteration: propagation, random search, evaluation, de-dup, top-k.
+
+    coords (B, H, W, k, 2) best first with their scores (B, H, W, k). Random
+    samples lie around the best candidate at radii radius, radius/2, ...
+    Runs without gradient.
+    """
+    b, h, w, k, _ = coords.shape
+    hk, wk = key.shape[-2:]
+    with torch.no_grad():
+        m = max(1, k // 8)
+        radii = radius * 0.5 ** torch.arange(num_random, device=coords.device, dtype=coords.dtype)
+        noise = torch.rand((b, h, w, num_random, 2), generator=generator, device=coords.device,
+                           dtype=coords.dtype) * 2 - 1
+        best = coords[..., :1, :]
+        # The best candidate snapped to the pixel grid: exact matches sit on it.
+        new = torch.cat([_neighbour_candidates(coords, m), torch.round(best),
+                         best + noise * radii[:, None]], dim=3)
+        new = clamp_coords(new, hk, wk)
+        all_coords = torch.cat([coords, new], dim=3)
+        all_scores = torch.cat([scores.detach(), candidate_scores(query, key, new)], dim=3)
+        return select_top_k(all_coords, all_scores, k, hk, wk)
+
+
+def initial_candidates(query: Tensor, key: Tensor, k: int, init: Tensor | None,
+                       generator: torch.Generator | None) -> tuple[Tensor, Tensor, float]:
+    """Start from `init` (any k0 >= 1, padded by random samples around its first
+    candidate) or, with init None, from uniform random positions. Returns the
+    top-k candidates, their scores and the first random-search radius."""
+    b, _, h, w = query.shape
+    hk, wk = key.shape[-2:]
+    with torch.no_grad():
+        if init is None:
+            size = query.new_tensor([wk - 1, hk - 1])
+            coords = torch.rand((b, h, w, k, 2), generator=generator, device=query.device,
+                                dtype=query.dtype) * size
+            radius = max(hk, wk) / 2
+        else:
+            if init.dim() != 5 or init.shape[:3] != (b, h, w) or init.shape[-1] != 2:
+                raise ValueError(f"init must be (B, H, W, k0, 2) = ({b}, {h}, {w}, k0, 2), got {tuple(init.shape)}")
+            coords = init.to(query.dtype)
+            radius = 4.0
+            if coords.shape[3] < k:
+                extra = k - coords.shape[3]
+                noise = torch.rand((b, h, w, extra, 2), generator=generator, device=query.device,
+                                   dtype=query.dtype) * 2 - 1
+                coords = torch.cat([coords, coords[..., :1, :] + noise * radius], dim=3)
+        coords = clamp_coords(coords, hk, wk)
+        return (*select_top_k(coords, candidate_scores(query, key, coords), k, hk, wk), radius)
+
+
+def patch_match(query: Tensor, key: Tensor, *, k: int = 16, iters: int = 5, init: Tensor | None = None,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """PatchMatch of every query pixel against the key feature map.
+
+    query (B, C, H, W), key (B, C, Hk, Wk): features, already L2-normalised over C.
+    init (B, H, W, k0, 2) float (x, y) positions in key pixels, any k0 >= 1;
+    None = random start. Returns coords (B, H, W, k, 2) float (x, y) in key
+    pixels, best first, and scores (B, H, W, k), the matching similarity,
+    sorted descending and differentiable with respect to query and key.
+    """
+    if query.dim() != 4 or key.dim() != 4 or query.shape[:2] != key.shape[:2]:
+        raise ValueError(f"query and key must be (B, C, H, W) with equal B and C, got "
+                         f"{tuple(query.shape)} and {tuple(key.shape)}")
+    coords, scores, radius = initial_candidates(query, key, k, init, generator)
+    for it in range(iters):
+        coords, scores = search_step(query, key, coords, scores, radius=radius * 0.5 ** it,
+                                     generator=generator)
+    scores = candidate_scores(query, key, coords)
+    scores, order = scores.sort(dim=-1, descending=True)
+    return coords.gather(-2, order.unsqueeze(-1).expand(*order.shape, 2)), scores
+
+
+def pixel_grid(b: int, h: int, w: int, device, dtype) -> Tensor:
+    """(B, H, W, 1, 2) (x, y) of every pixel."""
+    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=dtype),
+                            torch.arange(w, device=device, dtype=dtype), indexing="ij")
+    return torch.stack([xs, ys], dim=-1).expand(b, h, w, 2).unsqueeze(3)
+
+
+class PatchMatchGRU(nn.Module):
+    """One correspondence level: PatchMatch search, refined by a ConvGRU after every iteration.
+
+    The GRU sees the k candidates' scores and offsets and outputs continuous
+    deltas. The final positions are `searched.detach() + delta`, and the warp
+    bilinearly samples the exemplar colours there, so the warp loss trains the
+    GRU. Each update is checkpointed in training, so memory stays O(H*W*k*C).
+    """
+
+    def __init__(self, feature_dim: int, *, num_candidates: int = 16, iters: int = 5,
+                 hidden_dim: int = 32, temperature: float = 0.01):
+        super().__init__()
+        from cocosnet.models.convgru import UpdateBlock
+
+        self.k, self.iters, self.temperature = num_candidates, iters, temperature
+        self.hidden_init = nn.Sequential(
+            nn.Conv2d(2 * feature_dim, hidden_dim, 3, padding=1), nn.InstanceNorm2d(hidden_dim), nn.ReLU(),
+            nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1), nn.InstanceNorm2d(hidden_dim), nn.ReLU())
+        self.update = UpdateBlock(num_candidates, hidden_dim)
+
+    def _update(self, h: Tensor, scores: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor]:
+        corr = torch.softmax(scores / self.temperature, dim=-1).permute(0, 3, 1, 2)  # (B, k, H, W)
+        b, hh, ww, k, _ = offsets.shape
+        flow = offsets.permute(0, 3, 4, 1, 2).reshape(b, 2 * k, hh, ww)
+        if self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self.update, h, corr, flow, use_reentrant=False)
+        return self.update(h, corr, flow)
+
+    def forward(self, query: Tensor, key: Tensor, key_colors: Tensor, init: Tensor | None = None,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """query (B, C, H, W), key (B, C, Hk, Wk), key_colors (B, 3, Hk, Wk) at the key's size.
+
+        Returns coords (B, H, W, k, 2) best first, scores (B, H, W, k) and the
+        softmax warp of the colours (B, 3, H, W).
+        """
+        b, _, h, w = query.shape
+        hk, wk = key.shape[-2:]
+        coords, scores, radius = initial_candidates(query, key, self.k, init, generator)
+        hidden = self.hidden_init(torch.cat([query, sample_at(key, coords[..., :1, :])[..., 0]], dim=1))
+        grid = pixel_grid(b, h, w, query.device, query.dtype) * query.new_tensor([wk / w, hk / h])
+        for it in range(self.iters):
+            searched, scores = search_step(query, key, coords.detach(), scores, radius=radius * 0.5 ** it,
+                                           generator=generator)
+            hidden, delta = self._update(hidden, scores, searched - grid)
+            coords = clamp_coords(searched + delta.view(b, self.k, 2, h, w).permute(0, 3, 4, 1, 2), hk, wk)
+            with torch.no_grad():
+                scores = candidate_scores(query, key, coords)
+        scores = candidate_scores(query, key, coords)
+        scores, order = scores.sort(dim=-1, descending=True)
+        coords = coords.gather(-2, order.unsqueeze(-1).expand(*order.shape, 2))
+        weights = torch.softmax(scores / self.temperature, dim=-1).unsqueeze(1)  # (B, 1, H, W, k)
+        warp = (sample_at(key_colors, coords) * weights).sum(-1)
+        return coords, scores, warp
