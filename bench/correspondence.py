@@ -1,0 +1,153 @@
+"""Correspondence benchmark: one PatchMatch + GRU level (k=16, 5 iterations) and dense
+attention, forward and forward+backward time and peak memory against resolution.
+Each configuration runs in a fresh process (peak RSS on CPU, max allocated on CUDA).
+Writes reports/bench/correspondence.json and reports/bench/correspondence.png.
+
+    python -m bench.correspondence [--sizes 64 128 256 512] [--repeats 3] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DENSE_MAX = 128  # dense attention is O((HW)^2): 256^2 needs 16 GiB per matrix
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def child(kind: str, size: int, repeats: int, device: str, channels: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from cocosnet.models.patchmatch import PatchMatchGRU, pixel_grid
+
+    torch.manual_seed(0)
+    query = F.normalize(torch.randn(1, channels, size, size, device=device), dim=1)
+    key = F.normalize(torch.randn(1, channels, size, size, device=device), dim=1)
+    colors = torch.rand(1, 3, size, size, device=device)
+    grid = pixel_grid(1, size, size, query.device, query.dtype)
+    init = (grid + torch.randn(grid.shape, device=device)).expand(1, size, size, 1, 2).contiguous()
+    if kind == "patchmatch":
+        level = PatchMatchGRU(channels, num_candidates=16, iters=5).to(device)
+
+        def forward():
+            return level(query, key, colors, init=init, generator=torch.Generator(device).manual_seed(0))[2]
+    else:
+        level = None
+
+        def forward():
+            q, k = query.flatten(2), key.flatten(2)  # (B, C, HW)
+            attn = torch.softmax(q.transpose(1, 2) @ k / 0.01, dim=-1)  # (B, HW, HW)
+            return (colors.flatten(2) @ attn.transpose(1, 2)).view(1, 3, size, size)
+
+    def run(train: bool) -> tuple[float, float]:
+        if level is not None:
+            level.train(train)
+        q_ = query.requires_grad_(train)
+        start = time.perf_counter()
+        with torch.set_grad_enabled(train):
+            out = forward()
+            mid = time.perf_counter()
+            if train:
+                out.abs().mean().backward()
+        _sync(device)
+        end = time.perf_counter()
+        q_.grad = None
+        return mid - start, end - start
+
+    if device.startswith("cuda"):
+        run(False), run(True)  # warm-up kernels
+        torch.cuda.reset_peak_memory_stats()
+    infer = [run(False)[1] for _ in range(repeats)]
+    train = [run(True) for _ in range(repeats)]
+    result = {
+        "kind": kind, "size": size, "device": device, "repeats": repeats,
+        "forward_s": statistics.median(infer),
+        "forward_backward_s": statistics.median(t for _, t in train),
+        "train_forward_part_s": statistics.median(f for f, _ in train),
+        "runs_forward_s": infer, "runs_forward_backward_s": [t for _, t in train],
+    }
+    if device.startswith("cuda"):
+        result["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def plot(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
+    for (kind, device), style in zip(sorted({(r["kind"], r["device"]) for r in records}), ("o-", "s--", "^-", "d--")):
+        rows = sorted((r for r in records if r["kind"] == kind and r["device"] == device and "error" not in r),
+                      key=lambda r: r["size"])
+        px = [r["size"] ** 2 for r in rows]
+        ax_t.loglog(px, [r["forward_s"] for r in rows], style, label=f"{kind} fwd ({device})")
+        ax_t.loglog(px, [r["forward_backward_s"] for r in rows], style, alpha=0.5, label=f"{kind} fwd+bwd ({device})")
+        ax_m.loglog(px, [r["peak_mb"] for r in rows], style, label=f"{kind} ({device})")
+    ax_t.set(xlabel="pixels (H*W)", ylabel="seconds (median)", title="time per level")
+    ax_m.set(xlabel="pixels (H*W)", ylabel="peak MB", title="peak memory (train step)")
+    for ax in (ax_t, ax_m):
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--channels", type=int, default=32)
+    parser.add_argument("--out", default="reports/bench/correspondence.json")
+    parser.add_argument("--child", nargs=2, metavar=("KIND", "SIZE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child[0], int(args.child[1]), args.repeats, args.device, args.channels)))
+        return
+    out = Path(args.out)
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    records = [r for r in previous.get("records", []) if r.get("device") != args.device]
+    for size in args.sizes:
+        for kind in ("patchmatch", "dense"):
+            if kind == "dense" and size > DENSE_MAX:
+                continue
+            cmd = [sys.executable, "-m", "bench.correspondence", "--child", kind, str(size),
+                   "--repeats", str(args.repeats), "--device", args.device, "--channels", str(args.channels)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode:
+                record = {"kind": kind, "size": size, "device": args.device, "error": proc.stderr[-500:]}
+            else:
+                record = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(json.dumps({k: v for k, v in record.items() if not k.startswith("runs")}), flush=True)
+            records.append(record)
+    result = {
+        "what": "one PatchMatch+GRU level (k=16, 5 iterations, 32-ch features) vs dense attention; batch 1, fp32",
+        "target_512": {"forward_backward_s": 10.0, "peak_mb": 2048.0},
+        "machine": {"processor": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "records": records,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    plot(records, out.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
