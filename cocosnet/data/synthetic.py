@@ -30,7 +30,7 @@ from cocosnet.data.deepfashion import KEYPOINT_FRAME, SquareFrame, pose_paths
 from cocosnet.data.errors import DataError
 from cocosnet.data.pose import write_openpose
 from cocosnet.data.textures import Texture
-from cocosnet.io import Staging, atomic_write_json
+from cocosnet.io import Staging, atomic_write_json, atomic_write_text
 from cocosnet.progress import progress
 
 CATEGORIES = {
@@ -293,10 +293,7 @@ def _write_identity(args: tuple[SyntheticSpec, int, str]) -> list[str]:
         write_openpose(frame.to_frame(r.keypoints, KEYPOINT_FRAME), cand, sub)
         save_surface(surface_path(root, rel), r)
         rels.append(rel)
-    done.parent.mkdir(exist_ok=True)
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rels))
-    tmp.replace(done)
+    atomic_write_text(done, json.dumps(rels))
     return rels
 
 
