@@ -16,11 +16,6 @@ _PALETTE = (np.random.default_rng(7).uniform(40, 255, size=(NUM_PARTS, 3))).asty
 _PALETTE[0] = 0
 
 
-def _tile(array: np.ndarray, size: int) -> np.ndarray:
-    """Pad to a square with grey and resize, so every column has the same size."""
-    return preprocess_image(array, size)
-
-
 def contact_sheet(table: pd.DataFrame, root: Path, label_of, *, rows: int = 4, size: int = 160) -> Image.Image:
     """Build the sheet for the first `rows` self pairs of `table`.
 
@@ -29,6 +24,7 @@ def contact_sheet(table: pd.DataFrame, root: Path, label_of, *, rows: int = 4, s
     warped by the ground truth | target. Without ground truth (DeepFashion)
     the GT columns are left empty.
     """
+    # Every tile is padded to a grey square and resized, like the photos themselves.
     picks = table[table["kind"] == "self"].drop_duplicates("target").head(rows)
     titles = ["target", "pose label", "dist. map", "parts (GT)", "exemplar", "GT warp", "target"]
     header = 18
@@ -41,16 +37,16 @@ def contact_sheet(table: pd.DataFrame, root: Path, label_of, *, rows: int = 4, s
         target = load_image(root / row["target"])
         exemplar = load_image(root / row["exemplar"])
         label = label_of(row["target"])
-        tiles = [_tile(target, size), _tile(label[..., :3], size),
-                 _tile(np.repeat(label[..., 3:4], 3, axis=2), size)]
+        tiles = [preprocess_image(target, size), preprocess_image(label[..., :3], size),
+                 preprocess_image(np.repeat(label[..., 3:4], 3, axis=2), size)]
         surf_t, surf_e = surface_path(root, row["target"]), surface_path(root, row["exemplar"])
         if surf_t.exists() and surf_e.exists():
             st, se = load_surface(surf_t), load_surface(surf_e)
             coords, valid = correspondence(st, se)
             warped = warp_by_correspondence(exemplar, coords, valid)
-            tiles += [_tile(_PALETTE[st.part], size), _tile(exemplar, size), _tile(warped, size)]
+            tiles += [preprocess_image(_PALETTE[st.part], size), preprocess_image(exemplar, size), preprocess_image(warped, size)]
         else:
-            tiles += [blank, _tile(exemplar, size), blank]
-        tiles.append(_tile(target, size))
+            tiles += [blank, preprocess_image(exemplar, size), blank]
+        tiles.append(preprocess_image(target, size))
         sheet.paste(Image.fromarray(np.concatenate(tiles, axis=1)), (0, header + r * size))
     return sheet

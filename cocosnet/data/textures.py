@@ -38,7 +38,6 @@ class Texture:
 
     def __call__(self, along: np.ndarray, around: np.ndarray) -> np.ndarray:
         """along, around: (N,) cm -> (N, 3) float RGB."""
-        c0, c1, c2 = self.colors
         if self.kind == "stripes":
             s = (along * np.cos(self.angle) + around * np.sin(self.angle)) / self.period
             pick = np.where((s % 1.0) < self.duty, 0, 1)
@@ -51,4 +50,4 @@ class Texture:
         else:
             field = sum(np.sin(fu * along + fv * around + ph) for fu, fv, ph in self.waves)
             pick = np.digitize(field, [-0.6, 0.8])
-        return np.stack([c0, c1, c2])[pick.astype(int)]
+        return self.colors[pick.astype(int)]

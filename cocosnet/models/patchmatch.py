@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cocosnet.models.convgru import UpdateBlock
+
 SCORE_CHUNK = 8  # candidates sampled at once: bounds memory to O(B*C*H*W*SCORE_CHUNK)
 
 
@@ -181,8 +183,6 @@ class PatchMatchGRU(nn.Module):
     def __init__(self, feature_dim: int, *, num_candidates: int = 16, iters: int = 5,
                  hidden_dim: int = 32, temperature: float = 0.01):
         super().__init__()
-        from cocosnet.models.convgru import UpdateBlock
-
         self.k, self.iters, self.temperature = num_candidates, iters, temperature
         self.hidden_init = nn.Sequential(
             nn.Conv2d(2 * feature_dim, hidden_dim, 3, padding=1), nn.InstanceNorm2d(hidden_dim), nn.ReLU(),
