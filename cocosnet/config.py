@@ -45,10 +45,69 @@ class SyntheticConfig:
 
 
 @dataclass(frozen=True)
+class AlignConfig:
+    widths: tuple[int, ...]  # output widths at 1/8, 1/4, 1/2, 1/1 (official 128, 128, 64, 32)
+    match_channels: int
+    spade_hidden: int
+
+
+@dataclass(frozen=True)
+class CorrespondenceConfig:
+    num_candidates: int
+    iters: int
+    gru_hidden: int
+    temperature: float
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    ngf: int
+    head_width: int
+    spade_hidden: int
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    ndf: int
+    n_layers: int
+    num_d: int
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    align: AlignConfig
+    correspondence: CorrespondenceConfig
+    generator: GeneratorConfig
+    discriminator: DiscriminatorConfig
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """One weight per loss term; the names are the loss keys and the MLflow metric names."""
+
+    feat_align: float
+    warp_self: float
+    warp_cycle: float
+    gan: float
+    gan_feat: float
+    fm: float
+    perceptual: float
+    contextual: float
+
+
+@dataclass(frozen=True)
+class VGGConfig:
+    weights: str  # a path to VGG19 weights, or "random" (explicit opt-in)
+
+
+@dataclass(frozen=True)
 class Config:
     profile: str
     data: DataConfig
     synthetic: SyntheticConfig
+    model: ModelConfig
+    loss_weights: LossWeights
+    vgg: VGGConfig
 
 
 def _type_name(tp: Any) -> str:
@@ -128,6 +187,10 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError(f"data.crop_size ({d.crop_size}) must not exceed data.load_size ({d.load_size})")
     if d.crop_size % 8:
         raise ConfigError(f"data.crop_size ({d.crop_size}) must be divisible by 8 (4 pyramid levels)")
+    if len(cfg.model.align.widths) != 4:
+        raise ConfigError(f"model.align.widths must list 4 levels, got {list(cfg.model.align.widths)}")
+    if cfg.model.correspondence.num_candidates < 1:
+        raise ConfigError("model.correspondence.num_candidates must be >= 1")
     if cfg.synthetic.views_per_identity < 2:
         raise ConfigError("synthetic.views_per_identity must be >= 2 to form self pairs")
     if not 0.0 <= cfg.synthetic.val_fraction < 1.0:

@@ -1,0 +1,47 @@
+"""The generator and discriminator objectives: dicts of unweighted terms keyed like `loss_weights`."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from cocosnet.losses.terms import (alignment_loss, cycle_loss, gan_discriminator_loss, gan_feature_loss,
+                                   gan_generator_loss, perceptual_loss, vgg_contextual_loss,
+                                   vgg_feature_matching_loss, warp_loss)
+from cocosnet.models.cocosnet import CoCosNetOutput
+
+
+def correspondence_terms(out: CoCosNetOutput, *, real: Tensor, exemplar: Tensor,
+                         self_ref: Tensor) -> dict[str, Tensor]:
+    """Alignment, warp and cycle terms (the pretraining objective)."""
+    terms = {"warp_self": warp_loss(out.correspondence.warps, real, self_ref)}
+    if out.real_feats is not None:
+        terms["feat_align"] = alignment_loss(out.label_feats, out.real_feats)
+    if out.correspondence.cycle_warp is not None:
+        terms["warp_cycle"] = cycle_loss(out.correspondence.cycle_warp, exemplar)
+    return terms
+
+
+def generator_terms(out: CoCosNetOutput, *, label: Tensor, real: Tensor, exemplar: Tensor, self_ref: Tensor,
+                    disc: nn.Module, vgg: nn.Module) -> dict[str, Tensor]:
+    """Every generator-side term of the paper, unweighted."""
+    terms = correspondence_terms(out, real=real, exemplar=exemplar, self_ref=self_ref)
+    fake_d = disc(torch.cat([label, out.image], dim=1))
+    with torch.no_grad():
+        real_d = disc(torch.cat([label, real], dim=1))
+    terms["gan"] = gan_generator_loss(fake_d)
+    terms["gan_feat"] = gan_feature_loss(fake_d, real_d)
+    fake_vgg = vgg(out.image)
+    with torch.no_grad():
+        real_vgg, exemplar_vgg = vgg(real.float()), vgg(exemplar.float())
+    terms["fm"] = vgg_feature_matching_loss(fake_vgg, real_vgg, self_ref)
+    terms["perceptual"] = perceptual_loss(fake_vgg, real_vgg)
+    terms["contextual"] = vgg_contextual_loss(fake_vgg, exemplar_vgg)
+    return terms
+
+
+def discriminator_terms(fake: Tensor, *, label: Tensor, real: Tensor, disc: nn.Module) -> dict[str, Tensor]:
+    """The hinge D loss on a detached fake; weighted by loss_weights.gan like the official code."""
+    fake_d = disc(torch.cat([label, fake.detach()], dim=1))
+    real_d = disc(torch.cat([label, real], dim=1))
+    return {"gan": gan_discriminator_loss(real_d, fake_d)}

@@ -1,0 +1,121 @@
+"""Building blocks: positional norm, SPADE, SPADE residual block, residual block, SN+IN conv."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import spectral_norm
+
+
+def positional_norm(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """PONO: normalise each pixel over its channels (mean 0, unit std)."""
+    mean = x.mean(dim=1, keepdim=True)
+    std = (x.var(dim=1, keepdim=True) + eps).sqrt()
+    return (x - mean) / std
+
+
+class PositionalNorm(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return positional_norm(x)
+
+
+def centre_and_normalise(x: Tensor, eps: float = 1e-6) -> Tensor:
+    """PONO_C for matching features: subtract the per-pixel channel mean, then L2-normalise over C."""
+    return F.normalize(x - x.mean(dim=1, keepdim=True), dim=1, eps=eps)
+
+
+class SPADE(nn.Module):
+    """Parameter-free positional norm, then x_hat * (1 + gamma(seg)) + beta(seg)."""
+
+    def __init__(self, norm_nc: int, label_nc: int, hidden: int = 128):
+        super().__init__()
+        self.shared = nn.Sequential(nn.Conv2d(label_nc, hidden, 3, padding=1), nn.ReLU())
+        self.gamma = nn.Conv2d(hidden, norm_nc, 3, padding=1)
+        self.beta = nn.Conv2d(hidden, norm_nc, 3, padding=1)
+
+    def forward(self, x: Tensor, seg: Tensor) -> Tensor:
+        """x (B, norm_nc, H, W), seg (B, label_nc, h, w) resized to (H, W) by nearest."""
+        seg = F.interpolate(seg, size=x.shape[-2:], mode="nearest")
+        act = self.shared(seg)
+        return positional_norm(x) * (1 + self.gamma(act)) + self.beta(act)
+
+
+class ReflectionPad(nn.Module):
+    """Reflection padding that falls back to replication on maps too small to reflect (1x1 at 1/32)."""
+
+    def __init__(self, pad: int):
+        super().__init__()
+        self.pad = pad
+
+    def forward(self, x: Tensor) -> Tensor:
+        mode = "reflect" if min(x.shape[-2:]) > self.pad else "replicate"
+        return F.pad(x, (self.pad,) * 4, mode=mode)
+
+
+def _sn_conv(fin: int, fout: int, kernel: int, *, bias: bool = True) -> nn.Sequential:
+    pad = kernel // 2
+    layers: list[nn.Module] = [ReflectionPad(pad)] if pad else []
+    layers.append(spectral_norm(nn.Conv2d(fin, fout, kernel, bias=bias)))
+    return nn.Sequential(*layers)
+
+
+class SPADEResBlock(nn.Module):
+    """SPADE residual block: spectral norm, reflection padding, learned 1x1 shortcut when fin != fout."""
+
+    def __init__(self, fin: int, fout: int, label_nc: int, *, spade_hidden: int = 128):
+        super().__init__()
+        fmid = min(fin, fout)
+        self.norm_0 = SPADE(fin, label_nc, spade_hidden)
+        self.conv_0 = _sn_conv(fin, fmid, 3)
+        self.norm_1 = SPADE(fmid, label_nc, spade_hidden)
+        self.conv_1 = _sn_conv(fmid, fout, 3)
+        self.learned_shortcut = fin != fout
+        if self.learned_shortcut:
+            self.norm_s = SPADE(fin, label_nc, spade_hidden)
+            self.conv_s = _sn_conv(fin, fout, 1, bias=False)
+
+    def forward(self, x: Tensor, seg: Tensor) -> Tensor:
+        shortcut = self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x
+        dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), 0.2))
+        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), 0.2))
+        return shortcut + dx
+
+
+class ResidualBlock(nn.Module):
+    """Reflection pad, 3x3 conv, IN, PReLU, 3x3 conv, IN, add, PReLU (one shared slope)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            ReflectionPad(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels),
+            nn.PReLU(), ReflectionPad(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels))
+        self.act = nn.PReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(x + self.body(x))
+
+
+def sn_in_conv(fin: int, fout: int, kernel: int, stride: int = 1, padding: int | None = None) -> nn.Sequential:
+    """Spectral-norm conv (no bias) followed by InstanceNorm without affine ('spectralinstance')."""
+    pad = kernel // 2 if padding is None else padding
+    return nn.Sequential(spectral_norm(nn.Conv2d(fin, fout, kernel, stride, pad, bias=False)),
+                         nn.InstanceNorm2d(fout, affine=False))
+
+
+def resize_to(x: Tensor, size: tuple[int, int], mode: str = "nearest") -> Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if mode == "area":
+        return F.adaptive_avg_pool2d(x, size)
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    return F.interpolate(x, size=size, mode=mode, **kwargs)
+
+
+def level_sizes(height: int, width: int, levels: int) -> list[tuple[int, int]]:
+    """Sizes of a pyramid from coarse to fine: (H/2^(levels-1), ...) ... (H, W), ceil-halved."""
+    sizes = [(height, width)]
+    for _ in range(levels - 1):
+        h, w = sizes[0]
+        sizes.insert(0, ((h + 1) // 2, (w + 1) // 2))
+    return sizes
+

@@ -1,0 +1,150 @@
+import dataclasses
+
+import pytest
+import torch
+
+from cocosnet.config import load_config
+from cocosnet.losses import LOSS_KEYS, weighted_total
+from cocosnet.losses.contextual import contextual_loss, contextual_loss_naive
+from cocosnet.losses.objective import discriminator_terms, generator_terms
+from cocosnet.losses.vgg import CONVS, TORCHVISION_INDEX, VGG19, load_vgg19
+from cocosnet.models.blocks import PositionalNorm, SPADEResBlock
+from cocosnet.models.cocosnet import CoCosNet, build_discriminator
+from cocosnet.models.correspondence import dense_match, upsample_candidates
+from tests.test_config import ROOT
+
+
+def tiny_config():
+    cfg = load_config(ROOT / "params.yaml")
+    m = cfg.model
+    model = dataclasses.replace(
+        m, align=dataclasses.replace(m.align, widths=(16, 16, 8, 8), match_channels=8, spade_hidden=8),
+        correspondence=dataclasses.replace(m.correspondence, num_candidates=4, iters=2, gru_hidden=8),
+        generator=dataclasses.replace(m.generator, ngf=8, head_width=16, spade_hidden=8),
+        discriminator=dataclasses.replace(m.discriminator, ndf=8))
+    return dataclasses.replace(cfg, model=model)
+
+
+def batch(h, w, b=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(b, 20, h, w, generator=g), torch.rand(b, 3, h, w, generator=g) * 2 - 1,
+            torch.rand(b, 20, h, w, generator=g), torch.rand(b, 3, h, w, generator=g) * 2 - 1)
+
+
+@pytest.mark.parametrize("h,w", [(64, 64), (64, 96)])
+def test_shapes_of_the_whole_model(h, w):
+    cfg = tiny_config()
+    model, disc = CoCosNet.from_config(cfg), build_discriminator(cfg)
+    label, exemplar, exemplar_label, real = batch(h, w)
+    out = model(label, exemplar, exemplar_label, real=real, cycle=True)
+    assert out.image.shape == (2, 3, h, w) and out.image.abs().max() <= 1
+    corr = out.correspondence
+    assert [tuple(x.shape[-2:]) for x in corr.warps] == [(h // 8, w // 8), (h // 4, w // 4), (h // 2, w // 2), (h, w)]
+    assert corr.cycle_warp.shape == (2, 3, h // 8, w // 8)
+    assert corr.coords[-1].shape == (2, h, w, 4, 2)
+    assert [f.shape[1] for f in out.label_feats] == [16, 16, 8, 8]
+    scales = disc(torch.cat([label, out.image], 1))
+    assert len(scales) == 2 and all(len(s) == 5 for s in scales)
+    assert scales[1][-1].shape[-1] < scales[0][-1].shape[-1]
+    assert not any(p.grad is not None for p in disc.parameters())
+
+
+def test_losses_are_finite_with_the_params_keys_and_reach_every_module():
+    cfg = tiny_config()
+    model, disc = CoCosNet.from_config(cfg), build_discriminator(cfg)
+    label, exemplar, exemplar_label, real = batch(64, 64)
+    out = model(label, exemplar, exemplar_label, real=real, cycle=True)
+    terms = generator_terms(out, label=label, real=real, exemplar=exemplar, self_ref=torch.tensor([1.0, 0.0]),
+                            disc=disc, vgg=VGG19())
+    assert set(terms) == set(LOSS_KEYS) == {f.name for f in dataclasses.fields(cfg.loss_weights)}
+    assert all(torch.isfinite(v) and v.dim() == 0 for v in terms.values())
+    weighted_total(terms, dataclasses.asdict(cfg.loss_weights)).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not no_grad
+    d_terms = discriminator_terms(out.image, label=label, real=real, disc=disc)
+    assert set(d_terms) == {"gan"} and torch.isfinite(d_terms["gan"])
+
+
+def test_warp_loss_ignores_ref_pairs():
+    from cocosnet.losses import warp_loss
+    real = torch.zeros(2, 3, 8, 8)
+    warps = [torch.zeros(2, 3, 8, 8)]
+    warps[0][1] = 1.0  # only the ref sample is wrong
+    assert warp_loss(warps, real, torch.tensor([1.0, 0.0])).item() == pytest.approx(0.0)
+    assert warp_loss(warps, real, torch.tensor([0.0, 1.0])).item() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_chunked_contextual_loss_equals_the_naive_one():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 8, 9, 7, generator=g), torch.randn(2, 8, 6, 5, generator=g)
+    expected = contextual_loss_naive(x, y)
+    for chunk in (1, 5, 64, 1000):
+        torch.testing.assert_close(contextual_loss(x, y, chunk=chunk), expected)
+    assert contextual_loss(y, y).item() < expected.item()
+
+
+@pytest.mark.parametrize("layout", ["official", "torchvision"])
+def test_vgg_weights_load_in_both_layouts(tmp_path, layout):
+    source = VGG19()
+    for conv in source.convs.values():
+        torch.nn.init.normal_(conv.weight)
+    if layout == "official":
+        state = {f"{n}.{p}": source.convs[n].state_dict()[p] for n, _, _ in CONVS for p in ("weight", "bias")}
+        state["conv5_4.weight"] = torch.zeros(512, 512, 3, 3)  # extra layers are ignored
+    else:
+        state = {f"features.{TORCHVISION_INDEX[n]}.{p}": source.convs[n].state_dict()[p]
+                 for n, _, _ in CONVS for p in ("weight", "bias")}
+        state["classifier.0.weight"] = torch.zeros(4, 4)
+    torch.save(state, tmp_path / "vgg.pth")
+    vgg = load_vgg19(str(tmp_path / "vgg.pth"))
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    torch.testing.assert_close(vgg(x)["relu5_2"], source(x)["relu5_2"])
+    assert not any(p.requires_grad for p in vgg.parameters())
+
+
+def test_missing_or_wrong_vgg_weights_say_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        load_vgg19("weights/nope.pth", base=tmp_path)
+    assert "nope.pth" in str(err.value) and "vgg.weights: random" in str(err.value)
+    torch.save({"foo.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="bad.pth.*layout"):
+        load_vgg19(str(tmp_path / "bad.pth"))
+
+
+def test_vgg_preprocessing_is_caffe_style():
+    vgg = VGG19()
+    x = torch.zeros(1, 3, 2, 2)
+    x[:, 0] = 1.0  # red in [-1, 1]
+    y = vgg.preprocess(x)
+    # BGR order: the red input lands in channel 2, minus the mean, times 255.
+    assert y[0, 2, 0, 0].item() == pytest.approx((1.0 - 0.48501961) * 255)
+    assert y[0, 0, 0, 0].item() == pytest.approx((0.5 - 0.40760392) * 255)
+
+
+def test_dense_level_matches_identical_features_to_themselves():
+    g = torch.Generator().manual_seed(1)
+    feats = torch.nn.functional.normalize(torch.randn(1, 16, 6, 5, generator=g), dim=1)
+    colors = torch.rand(1, 3, 6, 5, generator=g)
+    warp, cycle, coords, scores = dense_match(feats, feats, colors, temperature=0.01, k=3, cycle=True)
+    ys, xs = torch.meshgrid(torch.arange(6.0), torch.arange(5.0), indexing="ij")
+    torch.testing.assert_close(coords[0, :, :, 0], torch.stack([xs, ys], -1))
+    torch.testing.assert_close(warp, colors, atol=0.05, rtol=0)
+    assert cycle.shape == colors.shape and (scores[..., 0] >= scores[..., 1]).all()
+
+
+def test_candidates_are_handed_to_the_finer_level():
+    coords = torch.tensor([[[[[1.0, 2.0], [0.0, 0.0]]]]])  # (1, 1, 1, 2, 2): one coarse pixel, k = 2
+    fine = upsample_candidates(coords, (2, 2), (8, 8), (4, 4))
+    assert fine.shape == (1, 2, 2, 2, 2)
+    torch.testing.assert_close(fine[0, 1, 1, 0], torch.tensor([2.5, 4.5]))  # (c + 0.5) * 2 - 0.5
+    torch.testing.assert_close(fine[0, 0, 0, 1], torch.tensor([0.5, 0.5]))
+
+
+def test_blocks_normalise_and_condition():
+    x = torch.randn(2, 6, 5, 5) * 3 + 2
+    y = PositionalNorm()(x)
+    torch.testing.assert_close(y.mean(1), torch.zeros(2, 5, 5), atol=1e-5, rtol=0)
+    block = SPADEResBlock(6, 4, 20, spade_hidden=8)
+    seg_a, seg_b = torch.zeros(2, 20, 3, 3), torch.ones(2, 20, 3, 3)
+    assert block(x, seg_a).shape == (2, 4, 5, 5)
+    assert not torch.allclose(block(x, seg_a), block(x, seg_b))
