@@ -14,6 +14,7 @@ from cocosnet.models.blocks import resize_to
 from cocosnet.models.correspondence import CorrespondenceOutput, HierarchicalCorrespondence
 from cocosnet.models.discriminator import MultiscaleDiscriminator
 from cocosnet.models.generator import SPADEGenerator
+from cocosnet.models.patchmatch import Generators
 
 NUM_LEVELS = 4
 
@@ -52,7 +53,7 @@ class CoCosNet(nn.Module):
                    head_width=m.generator.head_width, g_spade_hidden=m.generator.spade_hidden)
 
     def forward(self, label: Tensor, exemplar: Tensor, exemplar_label: Tensor, *, real: Tensor | None = None,
-                cycle: bool = False, generator: torch.Generator | None = None) -> CoCosNetOutput:
+                cycle: bool = False, generator: Generators = None) -> CoCosNetOutput:
         """label, exemplar_label (B, 20, H, W) in [0, 1]; exemplar, real (B, 3, H, W) in [-1, 1].
 
         H and W must be divisible by 8. `real` (the target photo, for the

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from cocosnet.models.blocks import resize_to
-from cocosnet.models.patchmatch import PatchMatchGRU
+from cocosnet.models.patchmatch import Generators, PatchMatchGRU
 
 
 @dataclass
@@ -72,7 +72,7 @@ class HierarchicalCorrespondence(nn.Module):
                           temperature=temperature) for _ in range(num_levels - 1)])
 
     def forward(self, query: list[Tensor], key: list[Tensor], exemplar: Tensor, *, cycle: bool = False,
-                generator: torch.Generator | None = None) -> CorrespondenceOutput:
+                generator: Generators = None) -> CorrespondenceOutput:
         """query/key: matching features per level, coarse to fine; exemplar (B, 3, H, W) in [-1, 1]."""
         colors = [resize_to(exemplar, k.shape[-2:], "area") for k in key]
         warp, cycle_warp, coords, scores = dense_match(query[0], key[0], colors[0], temperature=self.temperature,

@@ -40,15 +40,36 @@ def sample_at(source: Tensor, coords: Tensor) -> Tensor:
     return out.view(b, c, h, w, k)
 
 
+def _chunk_scores(query: Tensor, key: Tensor, coords: Tensor) -> Tensor:
+    return (sample_at(key, coords) * query.unsqueeze(-1)).sum(1)
+
+
 def candidate_scores(query: Tensor, key: Tensor, coords: Tensor) -> Tensor:
     """Cosine similarity of each query pixel with the key sampled at its candidates.
 
     query (B, C, H, W), key (B, C, Hk, Wk), coords (B, H, W, K, 2) -> (B, H, W, K).
-    Evaluated SCORE_CHUNK candidates at a time.
+    Evaluated SCORE_CHUNK candidates at a time; with autograd on, each chunk is
+    checkpointed, so backward keeps one chunk of samples alive, not all K.
     """
-    q = query.unsqueeze(-1)  # (B, C, H, W, 1)
-    return torch.cat([(sample_at(key, chunk) * q).sum(1)
-                      for chunk in coords.split(SCORE_CHUNK, dim=3)], dim=-1)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, coords))
+    chunks = coords.split(SCORE_CHUNK, dim=3)
+    if grad:
+        return torch.cat([torch.utils.checkpoint.checkpoint(_chunk_scores, query, key, c, use_reentrant=False)
+                          for c in chunks], dim=-1)
+    return torch.cat([_chunk_scores(query, key, c) for c in chunks], dim=-1)
+
+
+Generators = torch.Generator | list[torch.Generator] | None
+
+
+def uniform(shape: tuple[int, ...], generator: Generators, like: Tensor) -> Tensor:
+    """U[0, 1) of `shape` on like's device. A list of generators draws each batch
+    element from its own, so results do not depend on how a batch is split
+    (data-parallel ranks see the same numbers as one process)."""
+    if isinstance(generator, list | tuple):
+        return torch.stack([torch.rand(shape[1:], generator=g, device=like.device, dtype=like.dtype)
+                            for g in generator])
+    return torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
 def clamp_coords(coords: Tensor, hk: int, wk: int) -> Tensor:
@@ -91,7 +112,7 @@ def _neighbour_candidates(coords: Tensor, m: int) -> Tensor:
 
 
 def search_step(query: Tensor, key: Tensor, coords: Tensor, scores: Tensor, *, radius: float,
-                num_random: int = 4, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                num_random: int = 4, generator: Generators = None) -> tuple[Tensor, Tensor]:
     """One PatchMatch iteration: propagation, random search, evaluation, de-dup, top-k.
 
     coords (B, H, W, k, 2) best first with their scores (B, H, W, k). Random
@@ -101,10 +122,9 @@ def search_step(query: Tensor, key: Tensor, coords: Tensor, scores: Tensor, *, r
     b, h, w, k, _ = coords.shape
     hk, wk = key.shape[-2:]
     with torch.no_grad():
-        m = max(1, k // 8)
+        m = max(1, k // 16)
         radii = radius * 0.5 ** torch.arange(num_random, device=coords.device, dtype=coords.dtype)
-        noise = torch.rand((b, h, w, num_random, 2), generator=generator, device=coords.device,
-                           dtype=coords.dtype) * 2 - 1
+        noise = uniform((b, h, w, num_random, 2), generator, coords) * 2 - 1
         best = coords[..., :1, :]
         # The best candidate snapped to the pixel grid: exact matches sit on it.
         new = torch.cat([_neighbour_candidates(coords, m), torch.round(best),
@@ -116,7 +136,7 @@ def search_step(query: Tensor, key: Tensor, coords: Tensor, scores: Tensor, *, r
 
 
 def initial_candidates(query: Tensor, key: Tensor, k: int, init: Tensor | None,
-                       generator: torch.Generator | None) -> tuple[Tensor, Tensor, float]:
+                       generator: Generators) -> tuple[Tensor, Tensor, float]:
     """Start from `init` (any k0 >= 1, padded by random samples around its first
     candidate) or, with init None, from uniform random positions. Returns the
     top-k candidates, their scores and the first random-search radius."""
@@ -125,8 +145,7 @@ def initial_candidates(query: Tensor, key: Tensor, k: int, init: Tensor | None,
     with torch.no_grad():
         if init is None:
             size = query.new_tensor([wk - 1, hk - 1])
-            coords = torch.rand((b, h, w, k, 2), generator=generator, device=query.device,
-                                dtype=query.dtype) * size
+            coords = uniform((b, h, w, k, 2), generator, query) * size
             radius = max(hk, wk) / 2
         else:
             if init.dim() != 5 or init.shape[:3] != (b, h, w) or init.shape[-1] != 2:
@@ -135,8 +154,7 @@ def initial_candidates(query: Tensor, key: Tensor, k: int, init: Tensor | None,
             radius = 4.0
             if coords.shape[3] < k:
                 extra = k - coords.shape[3]
-                noise = torch.rand((b, h, w, extra, 2), generator=generator, device=query.device,
-                                   dtype=query.dtype) * 2 - 1
+                noise = uniform((b, h, w, extra, 2), generator, query) * 2 - 1
                 coords = torch.cat([coords, coords[..., :1, :] + noise * radius], dim=3)
         coords = clamp_coords(coords, hk, wk)
         return (*select_top_k(coords, candidate_scores(query, key, coords), k, hk, wk), radius)
@@ -178,27 +196,43 @@ class PatchMatchGRU(nn.Module):
     deltas. The final positions are `searched.detach() + delta`, and the warp
     bilinearly samples the exemplar colours there, so the warp loss trains the
     GRU. Each update is checkpointed in training, so memory stays O(H*W*k*C).
+    With `update_stride` s > 1 the GRU runs on an s-times pooled grid and its
+    deltas are upsampled bilinearly (RAFT runs its GRU at 1/8): the search
+    stays per pixel, the learned refinement is smooth, and the update costs s^2
+    times less.
     """
 
     def __init__(self, feature_dim: int, *, num_candidates: int = 16, iters: int = 5,
-                 hidden_dim: int = 32, temperature: float = 0.01):
+                 hidden_dim: int = 32, temperature: float = 0.01, update_stride: int = 2):
         super().__init__()
         self.k, self.iters, self.temperature = num_candidates, iters, temperature
+        self.stride = update_stride
         self.hidden_init = nn.Sequential(
             nn.Conv2d(2 * feature_dim, hidden_dim, 3, padding=1), nn.InstanceNorm2d(hidden_dim), nn.ReLU(),
             nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1), nn.InstanceNorm2d(hidden_dim), nn.ReLU())
         self.update = UpdateBlock(num_candidates, hidden_dim)
 
+    def _pool(self, x: Tensor) -> Tensor:
+        if self.stride == 1:
+            return x
+        size = (-(-x.shape[-2] // self.stride), -(-x.shape[-1] // self.stride))
+        return F.adaptive_avg_pool2d(x, size)
+
     def _update(self, h: Tensor, scores: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor]:
-        corr = torch.softmax(scores / self.temperature, dim=-1).permute(0, 3, 1, 2)  # (B, k, H, W)
+        """-> new hidden state and deltas (B, H, W, k, 2) at full resolution."""
         b, hh, ww, k, _ = offsets.shape
-        flow = offsets.permute(0, 3, 4, 1, 2).reshape(b, 2 * k, hh, ww)
+        corr = self._pool(torch.softmax(scores / self.temperature, dim=-1).permute(0, 3, 1, 2))  # (B, k, h', w')
+        flow = self._pool(offsets.permute(0, 3, 4, 1, 2).reshape(b, 2 * k, hh, ww))  # (B, 2k, h', w')
         if self.training and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(self.update, h, corr, flow, use_reentrant=False)
-        return self.update(h, corr, flow)
+            h, delta = torch.utils.checkpoint.checkpoint(self.update, h, corr, flow, use_reentrant=False)
+        else:
+            h, delta = self.update(h, corr, flow)
+        if self.stride > 1:
+            delta = F.interpolate(delta, size=(hh, ww), mode="bilinear", align_corners=False)
+        return h, delta.view(b, k, 2, hh, ww).permute(0, 3, 4, 1, 2)
 
     def forward(self, query: Tensor, key: Tensor, key_colors: Tensor, init: Tensor | None = None,
-                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                generator: Generators = None) -> tuple[Tensor, Tensor, Tensor]:
         """query (B, C, H, W), key (B, C, Hk, Wk), key_colors (B, 3, Hk, Wk) at the key's size.
 
         Returns coords (B, H, W, k, 2) best first, scores (B, H, W, k) and the
@@ -207,13 +241,13 @@ class PatchMatchGRU(nn.Module):
         b, _, h, w = query.shape
         hk, wk = key.shape[-2:]
         coords, scores, radius = initial_candidates(query, key, self.k, init, generator)
-        hidden = self.hidden_init(torch.cat([query, sample_at(key, coords[..., :1, :])[..., 0]], dim=1))
+        hidden = self.hidden_init(self._pool(torch.cat([query, sample_at(key, coords[..., :1, :])[..., 0]], dim=1)))
         grid = pixel_grid(b, h, w, query.device, query.dtype) * query.new_tensor([wk / w, hk / h])
         for it in range(self.iters):
             searched, scores = search_step(query, key, coords.detach(), scores, radius=radius * 0.5 ** it,
                                            generator=generator)
             hidden, delta = self._update(hidden, scores, searched - grid)
-            coords = clamp_coords(searched + delta.view(b, self.k, 2, h, w).permute(0, 3, 4, 1, 2), hk, wk)
+            coords = clamp_coords(searched + delta, hk, wk)
             with torch.no_grad():
                 scores = candidate_scores(query, key, coords)
         scores = candidate_scores(query, key, coords)
