@@ -18,7 +18,7 @@ export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 export GLOO_SOCKET_IFNAME := lo
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: pipeline test venv dag bench clean-data
+.PHONY: pipeline test venv dag bench flow mlflow-ui
 
 venv: $(STAMP)
 
@@ -29,7 +29,7 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	touch $(STAMP)
 
 pipeline: $(STAMP)
-	$(VENV)/bin/dvc repro
+	COCOSNET_PIPELINE_RUN=$${COCOSNET_PIPELINE_RUN:-make-$$(date +%Y%m%d-%H%M%S)} $(VENV)/bin/dvc repro
 
 test: $(STAMP)
 	$(PY) -m pytest
@@ -39,3 +39,10 @@ dag: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.data
+	$(PY) -m bench.correspondence
+
+flow: $(STAMP)
+	$(PY) -m pipelines.flow
+
+mlflow-ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri $(MLFLOW_TRACKING_URI)

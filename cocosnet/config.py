@@ -101,6 +101,61 @@ class VGGConfig:
 
 
 @dataclass(frozen=True)
+class PretrainConfig:
+    """Correspondence pretraining: alignment, warp and cycle losses only."""
+
+    steps: int
+    batch_size: int  # global, over all ranks
+    lr: float
+    beta1: float
+    beta2: float
+    checkpoint_every: int
+    keep_last: int
+    log_every: int
+    sample_every: int
+    workers: int  # DataLoader workers
+    seed: int
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Full GAN training, initialised from the pretrain checkpoint. TTUR holds for the whole run:
+    G at lr / 2 and D at 2 lr, betas (beta1, beta2)."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    beta1: float
+    beta2: float
+    g_eps: float  # Adam eps of G (official 1.0e-3)
+    decay_start: int  # linear LR decay to 0 from this step to the end; < 0 = constant
+    grad_clip: float  # max gradient norm; 0 = off
+    ema_decay: float  # EMA of G's weights; 0 = off
+    amp: bool  # autocast on CUDA (never on CPU)
+    amp_dtype: Literal["bfloat16", "float16"]
+    flip: bool
+    checkpoint_every: int
+    keep_last: int
+    log_every: int
+    sample_every: int
+    workers: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    max_pairs: int  # val self pairs evaluated (0 = all)
+    batch_size: int
+    seed: int  # seeds the untrained baseline model
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str  # MLflow tracking URI; "" = $MLFLOW_TRACKING_URI or sqlite:///<repo>/mlflow.db
+    experiment: str  # "" = cocosnet-<profile>
+
+
+@dataclass(frozen=True)
 class Config:
     profile: str
     data: DataConfig
@@ -108,6 +163,10 @@ class Config:
     model: ModelConfig
     loss_weights: LossWeights
     vgg: VGGConfig
+    pretrain: PretrainConfig
+    train: TrainConfig
+    eval: EvalConfig
+    tracking: TrackingConfig
 
 
 def _type_name(tp: Any) -> str:
@@ -191,6 +250,10 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError(f"model.align.widths must list 4 levels, got {list(cfg.model.align.widths)}")
     if cfg.model.correspondence.num_candidates < 1:
         raise ConfigError("model.correspondence.num_candidates must be >= 1")
+    for name, section in (("pretrain", cfg.pretrain), ("train", cfg.train)):
+        for key in ("steps", "batch_size", "checkpoint_every", "keep_last", "log_every", "sample_every"):
+            if getattr(section, key) < 1:
+                raise ConfigError(f"{name}.{key} must be >= 1, got {getattr(section, key)}")
     if cfg.synthetic.views_per_identity < 2:
         raise ConfigError("synthetic.views_per_identity must be >= 2 to form self pairs")
     if not 0.0 <= cfg.synthetic.val_fraction < 1.0:

@@ -89,7 +89,7 @@ def test_every_gru_parameter_gets_a_gradient_from_the_warp_loss():
     _, _, warp = level(query, key, colors, init=init, generator=torch.Generator().manual_seed(0))
     (warp - target).abs().mean().backward()
     params = dict(level.named_parameters())
-    assert len(params) >= 30
+    assert len(params) >= 28
     missing = [n for n, p in params.items() if p.grad is None or p.grad.abs().sum() == 0]
     assert not missing
 

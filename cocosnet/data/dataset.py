@@ -3,7 +3,7 @@
 Each sample: the target image and its label share one random crop of the
 load_size cache; the exemplar and its label get their own, independent crop;
 an optional horizontal flip. Augmentation draws come from a generator seeded
-by (seed, epoch, index), so a sample is the same whichever worker or rank
+by (seed, epoch, index) (the sampler passes (index, epoch) keys), so a sample is the same whichever worker or rank
 loads it, and a resumed run sees exactly the batches it would have seen.
 """
 
@@ -46,10 +46,6 @@ class PairDataset(Dataset):
         self.img_dir, self.label_dir = Path(processed) / "img", Path(processed) / "label"
         self.load_size, self.crop_size = load_size, crop_size
         self.random_crop, self.flip, self.seed = random_crop, flip, seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.table)
@@ -75,9 +71,11 @@ class PairDataset(Dataset):
         label_t = torch.from_numpy(np.ascontiguousarray(label)).permute(2, 0, 1).float() / 255
         return image_t, label_t
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """key: an index, or (index, epoch) so that each epoch draws new crops."""
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
         row = self.table.iloc[index]
-        rng = np.random.default_rng(sample_seed(self.seed, self.epoch, index))
+        rng = np.random.default_rng(sample_seed(self.seed, epoch, index))
         target_crop, exemplar_crop = self._crop(rng), self._crop(rng)
         image, label = self._load(row["target"], target_crop)
         exemplar, exemplar_label = self._load(row["exemplar"], exemplar_crop)

@@ -8,10 +8,10 @@ from torch import Tensor, nn
 from cocosnet.losses.terms import (alignment_loss, cycle_loss, gan_discriminator_loss, gan_feature_loss,
                                    gan_generator_loss, perceptual_loss, vgg_contextual_loss,
                                    vgg_feature_matching_loss, warp_loss)
-from cocosnet.models.cocosnet import CoCosNetOutput
+from cocosnet.models.cocosnet import CoCosNetOutput, MatchOutput
 
 
-def correspondence_terms(out: CoCosNetOutput, *, real: Tensor, exemplar: Tensor,
+def correspondence_terms(out: MatchOutput, *, real: Tensor, exemplar: Tensor,
                          self_ref: Tensor) -> dict[str, Tensor]:
     """Alignment, warp and cycle terms (the pretraining objective)."""
     terms = {"warp_self": warp_loss(out.correspondence.warps, real, self_ref)}

@@ -82,13 +82,16 @@ class SPADEResBlock(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """Reflection pad, 3x3 conv, IN, PReLU, 3x3 conv, IN, add, PReLU (one shared slope)."""
+    """Reflection pad, 3x3 conv, IN, PReLU, 3x3 conv, IN, add, PReLU (one shared slope).
+
+    The convs have no bias: InstanceNorm removes it anyway (the official ones
+    carry a dead bias, whose zero gradient Adam turns into noise)."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.body = nn.Sequential(
-            ReflectionPad(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels),
-            nn.PReLU(), ReflectionPad(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels))
+            ReflectionPad(1), nn.Conv2d(channels, channels, 3, bias=False), nn.InstanceNorm2d(channels),
+            nn.PReLU(), ReflectionPad(1), nn.Conv2d(channels, channels, 3, bias=False), nn.InstanceNorm2d(channels))
         self.act = nn.PReLU()
 
     def forward(self, x: Tensor) -> Tensor:

@@ -208,8 +208,8 @@ class PatchMatchGRU(nn.Module):
         self.k, self.iters, self.temperature = num_candidates, iters, temperature
         self.stride = update_stride
         self.hidden_init = nn.Sequential(
-            nn.Conv2d(2 * feature_dim, hidden_dim, 3, padding=1), nn.InstanceNorm2d(hidden_dim), nn.ReLU(),
-            nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1), nn.InstanceNorm2d(hidden_dim), nn.ReLU())
+            nn.Conv2d(2 * feature_dim, hidden_dim, 3, padding=1, bias=False), nn.InstanceNorm2d(hidden_dim), nn.ReLU(),
+            nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, bias=False), nn.InstanceNorm2d(hidden_dim), nn.ReLU())
         self.update = UpdateBlock(num_candidates, hidden_dim)
 
     def _pool(self, x: Tensor) -> Tensor:

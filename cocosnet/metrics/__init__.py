@@ -1,0 +1,1 @@
+"""Evaluation metrics: paired image metrics and correspondence accuracy."""

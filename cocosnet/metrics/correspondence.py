@@ -1,0 +1,64 @@
+"""Correspondence accuracy against the synthetic ground truth, in the model's working frame.
+
+The ground truth lives in photo pixels (`cocosnet.data.synthetic`); the model
+sees the photo padded to a square, resized to load_size and cropped. This
+module maps between the two, then scores the model's top-1 candidates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cocosnet.data.deepfashion import SquareFrame
+from cocosnet.data.synthetic import correspondence, load_surface, surface_path
+
+
+def gt_in_crop(root: Path, target: str, exemplar: str, *, load_size: int, crop: int,
+               target_offset: tuple[int, int], exemplar_offset: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """GT for every pixel of the target crop: exemplar-crop (x, y) (crop, crop, 2) and validity (crop, crop)."""
+    st, se = load_surface(surface_path(root, target)), load_surface(surface_path(root, exemplar))
+    coords, valid = correspondence(st, se)
+    t_frame = SquareFrame(st.part.shape[1], st.part.shape[0])
+    e_frame = SquareFrame(se.part.shape[1], se.part.shape[0])
+    ys, xs = np.mgrid[0:crop, 0:crop]
+    work = np.stack([xs + target_offset[0], ys + target_offset[1]], axis=-1).astype(np.float64)
+    photo = np.rint(t_frame.from_frame(work, load_size)).astype(int)
+    inside = ((photo[..., 0] >= 0) & (photo[..., 0] < st.part.shape[1])
+              & (photo[..., 1] >= 0) & (photo[..., 1] < st.part.shape[0]))
+    px = np.clip(photo[..., 0], 0, st.part.shape[1] - 1)
+    py = np.clip(photo[..., 1], 0, st.part.shape[0] - 1)
+    ok = inside & valid[py, px]
+    gt = e_frame.to_frame(coords[py, px].astype(np.float64), load_size) - np.asarray(exemplar_offset)
+    ok &= (gt[..., 0] >= 0) & (gt[..., 0] <= crop - 1) & (gt[..., 1] >= 0) & (gt[..., 1] <= crop - 1)
+    return gt.astype(np.float32), ok
+
+
+def level_gt(gt: Tensor, valid: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """GT at a coarser level: sample at the level's pixel centres, express in level pixels.
+
+    gt (B, S, S, 2), valid (B, S, S) -> (B, h, w, 2), (B, h, w)."""
+    b, s, _, _ = gt.shape
+    h, w = size
+    scale_y, scale_x = s / h, s / w
+    ys = ((torch.arange(h) + 0.5) * scale_y - 0.5).round().long().clamp(0, s - 1)
+    xs = ((torch.arange(w) + 0.5) * scale_x - 0.5).round().long().clamp(0, s - 1)
+    g = gt[:, ys][:, :, xs]
+    v = valid[:, ys][:, :, xs]
+    level = (g + 0.5) / torch.tensor([scale_x, scale_y]) - 0.5
+    return level, v
+
+
+def endpoint_errors(pred: Tensor, gt: Tensor, valid: Tensor) -> Tensor:
+    """pred, gt (B, h, w, 2); valid (B, h, w) -> the errors of valid pixels (N,)."""
+    return (pred - gt).norm(dim=-1)[valid]
+
+
+def summarise(errors: Tensor) -> dict[str, float]:
+    if errors.numel() == 0:
+        return {"epe_px": float("nan"), "acc_1px": float("nan"), "acc_3px": float("nan"), "pixels": 0}
+    return {"epe_px": float(errors.mean()), "acc_1px": float((errors <= 1).float().mean()),
+            "acc_3px": float((errors <= 3).float().mean()), "pixels": int(errors.numel())}

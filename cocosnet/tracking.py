@@ -1,0 +1,99 @@
+"""The one place that talks to MLflow.
+
+One experiment per profile (`cocosnet-<profile>`). A pipeline run is a parent
+run, found or created by the tag `pipeline_run` = $COCOSNET_PIPELINE_RUN (the
+Makefile and the Prefect flow set it); each stage is a nested run under it.
+Params are the flattened params.yaml; metrics are logged with `step`; tags
+carry the git sha, stage, device and the VGG weights used.
+
+Tracking never stops training: if the server is unreachable or a call fails,
+a warning is printed once and tracking switches off for the run.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+from cocosnet.config import Config, flatten
+
+PIPELINE_ENV = "COCOSNET_PIPELINE_RUN"
+
+
+def tracking_uri(cfg: Config, repo_root: Path) -> str:
+    return cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root.resolve()}/mlflow.db"
+
+
+class Tracker:
+    """Start with `with Tracker(cfg, stage, ...) as t:`; every method is safe to call when disabled."""
+
+    def __init__(self, cfg: Config, stage: str, *, device: str, git_sha: str, repo_root: Path = Path("."),
+                 enabled: bool = True):
+        self.cfg, self.stage, self.enabled = cfg, stage, enabled
+        self.tags = {"stage": stage, "device": device, "git_sha": git_sha, "profile": cfg.profile,
+                     "vgg_weights": "random" if cfg.vgg.weights == "random" else Path(cfg.vgg.weights).name}
+        self.uri = tracking_uri(cfg, repo_root)
+        self.experiment = cfg.tracking.experiment or f"cocosnet-{cfg.profile}"
+        self._mlflow = None
+        self.run_id: str | None = None
+
+    def _safe(self, what: str, fn, *args, **kwargs):
+        if not self.enabled:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 -- tracking must never stop training
+            warnings.warn(f"MLflow {what} failed ({type(exc).__name__}: {str(exc)[:200]}); "
+                          f"tracking is off for this {self.stage} run, training goes on", stacklevel=3)
+            self.enabled = False
+            return None
+
+    def __enter__(self) -> "Tracker":
+        self._safe("start", self._start)
+        return self
+
+    def _start(self) -> None:
+        # Fail fast instead of retrying for minutes against a dead server.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+        import mlflow
+
+        self._mlflow = mlflow
+        mlflow.set_tracking_uri(self.uri)
+        exp = mlflow.set_experiment(self.experiment)
+        parent_id = None
+        pipeline = os.environ.get(PIPELINE_ENV)
+        if pipeline:
+            found = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.pipeline_run = '{pipeline}'",
+                                       output_format="list", max_results=1)
+            if found:
+                parent_id = found[0].info.run_id
+            else:
+                parent = mlflow.MlflowClient().create_run(exp.experiment_id, tags={"pipeline_run": pipeline},
+                                                          run_name=f"pipeline {pipeline}")
+                parent_id = parent.info.run_id
+        tags = dict(self.tags)
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
+        run = mlflow.start_run(run_name=self.stage, experiment_id=exp.experiment_id, tags=tags)
+        self.run_id = run.info.run_id
+        params = {k: str(v) for k, v in flatten(asdict(self.cfg)).items()}
+        items = list(params.items())
+        for i in range(0, len(items), 90):
+            mlflow.log_params(dict(items[i:i + 90]))
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._safe("log_metrics", lambda: self._mlflow.log_metrics(metrics, step=step))
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if Path(path).exists():
+            self._safe("log_artifact", lambda: self._mlflow.log_artifact(str(path), artifact_path))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._safe("set_tags", lambda: self._mlflow.set_tags(tags))
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        status = "FINISHED" if exc_type is None else "FAILED"
+        self._safe("end", lambda: self._mlflow.end_run(status=status))

@@ -1,0 +1,1 @@
+"""Training: explicit G/D/correspondence steps, checkpoints, schedule, data-parallel helpers."""

@@ -1,0 +1,1 @@
+"""Prefect flows; each task runs one DVC stage."""

@@ -1,0 +1,21 @@
+"""Stage `train`: the full GAN, initialised from models/pretrain.pt.
+
+Resumes from checkpoints/train/ after an interruption. Works under torchrun (DDP).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stages.common import run_stage
+from stages.training import train_stage
+
+
+def main(cfg, args) -> None:
+    train_stage(cfg, "train", pairs=Path(cfg.data.processed) / "pairs.parquet",
+                ckpt_dir=Path("checkpoints/train"), out_model=Path("models/train.pt"),
+                reports=Path("reports/train"), init=Path("models/pretrain.pt"))
+
+
+if __name__ == "__main__":
+    run_stage(__doc__, main)

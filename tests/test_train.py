@@ -1,0 +1,150 @@
+"""Training: steps, checkpoints, exact resume after SIGKILL, DDP equivalence, schedule, data."""
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import pandas as pd
+import pytest
+import torch
+
+from cocosnet.data.dataset import PairDataset
+from cocosnet.train.checkpoint import CheckpointMismatch, list_checkpoints, load_checkpoint
+from cocosnet.train.distributed import DistInfo
+from cocosnet.train.loop import load_model, run_training
+from cocosnet.train.schedule import lr_at, ttur
+from tests.training_setup import ROOT, prepare_data, state, tiny_training_config
+
+CPU = DistInfo(rank=0, world=1, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def data(tiny_raw, tmp_path_factory):
+    processed = tmp_path_factory.mktemp("processed")
+    prepare_data(tiny_raw, processed)
+    return tiny_raw, processed
+
+
+def pairs(processed):
+    return pd.read_parquet(processed / "pairs.parquet")
+
+
+def train(cfg, stage, processed, out, **kw):
+    return run_training(cfg, stage, pairs(processed), ckpt_dir=out / "ckpt", out_model=out / "model.pt",
+                        reports=out / "reports", info=CPU, show_progress=False, **kw)
+
+
+def test_ttur_holds_for_the_whole_run_and_decay_is_linear():
+    for step in (0, 10, 10_000):
+        g, d = ttur(lr_at(step, base=1e-4, total=20_000, decay_start=-1))
+        assert (g, d) == (5e-5, 2e-4)
+    assert lr_at(50, base=1.0, total=100, decay_start=50) == 1.0
+    assert lr_at(75, base=1.0, total=100, decay_start=50) == pytest.approx(0.5)
+    assert lr_at(100, base=1.0, total=100, decay_start=50) == 0.0
+
+
+def test_dataset_crops_are_seeded_and_independent(data):
+    _, processed = data
+    table = pairs(processed)
+    ds = PairDataset(table, processed, load_size=72, crop_size=64,
+                     random_crop=True, seed=3)
+    a, b = ds[(0, 0)], ds[(0, 0)]
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["target_crop"], b["target_crop"])
+    assert a["image"].shape == (3, 64, 64) and a["label"].shape == (20, 64, 64)
+    assert -1 <= a["image"].min() and a["image"].max() <= 1 and 0 <= a["label"].min() and a["label"].max() <= 1
+    crops = {tuple(ds[(0, e)]["target_crop"].tolist()) for e in range(8)}
+    assert len(crops) > 1  # new crops each epoch
+    pairs_of_crops = [(ds[(i, 0)]["target_crop"].tolist(), ds[(i, 0)]["exemplar_crop"].tolist()) for i in range(8)]
+    assert any(t != e for t, e in pairs_of_crops)  # the exemplar has its own crop
+
+
+def test_pretrain_then_gan_training_write_self_describing_checkpoints(data, tmp_path):
+    raw, processed = data
+    cfg = tiny_training_config(raw, processed)
+    metrics, _ = train(cfg, "pretrain", processed, tmp_path / "pre")
+    assert {"warp_self", "feat_align", "warp_cycle"} <= set(metrics)
+    assert [p.name for p in list_checkpoints(tmp_path / "pre" / "ckpt")] == ["ckpt-00000003.pt", "ckpt-00000004.pt"]
+    metrics, _ = train(cfg, "train", processed, tmp_path / "gan", init=tmp_path / "pre" / "model.pt")
+    assert {"gan", "gan_feat", "fm", "perceptual", "contextual", "loss_g", "loss_d"} <= set(metrics)
+    ckpt = load_checkpoint(list_checkpoints(tmp_path / "gan" / "ckpt")[-1])
+    assert {"model", "disc", "opt_g", "opt_d", "scaler_g", "scaler_d", "step", "torch_rng", "config",
+            "code_version", "history"} <= set(ckpt)
+    assert ckpt["step"] == 4 and ckpt["config"]["train"]["lr"] == cfg.train.lr
+    opt_g = ckpt["opt_g"]["param_groups"][0]
+    assert opt_g["lr"] == cfg.train.lr / 2 and opt_g["betas"] == (0.0, 0.9) and opt_g["eps"] == 1e-3
+    assert ckpt["opt_d"]["param_groups"][0]["lr"] == cfg.train.lr * 2
+    assert (tmp_path / "gan" / "reports" / "losses.tsv").read_text().startswith("step\t")
+    assert (tmp_path / "gan" / "reports" / "samples" / "step-000002.png").exists()
+
+
+def test_resume_after_sigkill_ends_at_the_same_weights(data, tmp_path):
+    raw, processed = data
+    cfg = tiny_training_config(raw, processed, crop=32)
+    cfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, steps=6))
+    _, reference = train(cfg, "pretrain", processed, tmp_path / "straight")
+
+    killed = tmp_path / "killed"
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import dataclasses, pandas as pd, torch\n"
+              "from pathlib import Path\nfrom tests.training_setup import tiny_training_config\n"
+              "from cocosnet.train.loop import run_training\nfrom tests.test_train import CPU\n"
+              f"cfg = tiny_training_config(Path({str(raw)!r}), Path({str(processed)!r}), crop=32)\n"
+              "cfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, steps=6))\n"
+              f"out = Path({str(killed)!r})\n"
+              f"run_training(cfg, 'pretrain', pd.read_parquet(Path({str(processed)!r}) / 'pairs.parquet'), "
+              "ckpt_dir=out / 'ckpt', out_model=out / 'model.pt', reports=out / 'reports', info=CPU, "
+              "show_progress=False)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    deadline = time.time() + 120
+    while not list_checkpoints(killed / "ckpt") and time.time() < deadline:
+        assert proc.poll() is None, "training process ended before it could be killed"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    steps_done = load_checkpoint(list_checkpoints(killed / "ckpt")[-1])["step"]
+    assert 1 <= steps_done < 6 and not (killed / "model.pt").exists()
+
+    _, resumed = train(cfg, "pretrain", processed, killed)
+    for key, value in state(reference).items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_incompatible_checkpoints_name_the_keys_that_differ(data, tmp_path):
+    raw, processed = data
+    cfg = tiny_training_config(raw, processed, crop=32)
+    cfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, steps=1))
+    train(cfg, "pretrain", processed, tmp_path)
+    wider = dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, align=dataclasses.replace(cfg.model.align, widths=(16, 16, 16, 8))))
+    with pytest.raises(CheckpointMismatch, match=r"model\.align\.widths"):
+        load_model(tmp_path / "model.pt", wider)
+    faster = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, lr=1.0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(faster, "pretrain", processed, tmp_path)
+    assert any("pretrain.lr" in str(w.message) and "afresh" in str(w.message) for w in caught)
+
+
+def test_ddp_on_two_cpu_processes_matches_one_process(data, tmp_path):
+    raw, processed = data
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    base = [str(raw), str(processed), str(tmp_path), "2"]
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    str(ROOT / "tests" / "ddp_worker.py"), *base], check=True, env=env, cwd=ROOT, timeout=300)
+    subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_worker.py"), *base], check=True, env=env,
+                   cwd=ROOT, timeout=300)
+    rank0, rank1, single = (torch.load(tmp_path / name, weights_only=True) for name in
+                            ("params-world2-rank0.pt", "params-world2-rank1.pt", "params-world1-rank0.pt"))
+    assert (tmp_path / "model-world2.pt").exists() and list_checkpoints(tmp_path / "ckpt-world2")
+    exact = 0
+    for key, value in rank0.items():
+        torch.testing.assert_close(rank1[key], value, rtol=0, atol=0, msg=f"ranks disagree on {key}")
+        # Summation order differs between 2 ranks and 1 process; Adam turns such float noise in
+        # near-zero gradients into small steps, so a few tensors may differ by a fraction of one
+        # step (lr 2e-4). A wrong split of the batch would move nearly every tensor by ~lr.
+        torch.testing.assert_close(single[key], value, rtol=0, atol=1e-4, msg=f"DDP != one process on {key}")
+        exact += bool(torch.allclose(single[key], value, rtol=0, atol=1e-6))
+    assert exact >= 0.95 * len(rank0)
