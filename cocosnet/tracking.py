@@ -38,6 +38,7 @@ class Tracker:
         self.experiment = cfg.tracking.experiment or f"cocosnet-{cfg.profile}"
         self._mlflow = None
         self.run_id: str | None = None
+        self.parent_id: str | None = None
 
     def _safe(self, what: str, fn, *args, **kwargs):
         if not self.enabled:
@@ -74,6 +75,7 @@ class Tracker:
                 parent = mlflow.MlflowClient().create_run(exp.experiment_id, tags={"pipeline_run": pipeline},
                                                           run_name=f"pipeline {pipeline}")
                 parent_id = parent.info.run_id
+        self.parent_id = parent_id
         tags = dict(self.tags)
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
@@ -97,3 +99,6 @@ class Tracker:
     def __exit__(self, exc_type, exc, tb) -> None:
         status = "FINISHED" if exc_type is None else "FAILED"
         self._safe("end", lambda: self._mlflow.end_run(status=status))
+        if self.parent_id and (self.stage == "evaluate" or exc_type is not None):
+            # evaluate is the last stage: the pipeline run ends with it (or with a failure).
+            self._safe("end", lambda: self._mlflow.MlflowClient().set_terminated(self.parent_id, status))

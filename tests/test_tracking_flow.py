@@ -17,7 +17,7 @@ def test_stage_runs_nest_under_the_pipeline_run(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv(PIPELINE_ENV, "test-1")
     cfg = load_config(ROOT / "params.yaml")
-    for stage in ("pretrain", "train"):
+    for stage in ("pretrain", "train", "evaluate"):
         with Tracker(cfg, stage, device="cpu", git_sha="abc") as t:
             t.log_metrics({"warp_self": 1.0}, step=1)
             t.log_metrics({"warp_self": 0.5}, step=2)
@@ -27,7 +27,8 @@ def test_stage_runs_nest_under_the_pipeline_run(tmp_path, monkeypatch):
     runs = mlflow.search_runs(experiment_names=["cocosnet-demo"], output_format="list")
     parents = [r for r in runs if r.data.tags.get("pipeline_run") == "test-1"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert len(parents) == 1 and sorted(r.data.tags["stage"] for r in children) == ["pretrain", "train"]
+    assert len(parents) == 1 and sorted(r.data.tags["stage"] for r in children) == ["evaluate", "pretrain", "train"]
+    assert parents[0].info.status == "FINISHED"  # evaluate, the last stage, ends the pipeline run
     child = children[0]
     assert child.data.params["model.align.widths"] == str(cfg.model.align.widths)
     assert child.data.tags["git_sha"] == "abc" and child.data.tags["vgg_weights"] == "random"
