@@ -18,7 +18,7 @@ export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 export GLOO_SOCKET_IFNAME := lo
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: pipeline test venv dag bench flow mlflow-ui
+.PHONY: pipeline test venv dag bench flow mlflow-ui compare screenshot
 
 venv: $(STAMP)
 
@@ -40,6 +40,18 @@ dag: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.data
 	$(PY) -m bench.correspondence
+	$(PY) -m bench.metrics
+
+# Rank the evaluate runs in MLflow: make compare METRIC=paired.ssim.model
+compare: $(STAMP)
+	$(PY) -m stages.compare --metric $${METRIC:-swd.model}
+
+# A PNG of reports/eval/report.html, rendered by headless Chromium (Debian: apt-get install chromium).
+screenshot:
+	@command -v chromium >/dev/null || { echo "chromium not found: apt-get install chromium"; exit 1; }
+	chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --disable-background-networking \
+	  --disable-component-update --disable-sync --no-first-run --hide-scrollbars --window-size=1280,3000 \
+	  --screenshot=$(CURDIR)/reports/eval/report.png file://$(CURDIR)/reports/eval/report.html 2>/dev/null
 
 flow: $(STAMP)
 	$(PY) -m pipelines.flow

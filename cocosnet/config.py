@@ -144,9 +144,12 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    max_pairs: int  # val self pairs evaluated (0 = all)
+    max_pairs: int  # val pairs evaluated per kind, self and ref (0 = all)
     batch_size: int
-    seed: int  # seeds the untrained baseline model
+    seed: int  # seeds the untrained baseline model, PatchMatch and SWD draws
+    jpeg_quality: int  # outputs are scored as JPG, as in the CoCosNet FID protocol
+    swd_size: int  # SWD reads images at this size (CoCosNet's script: 256); 0 = as generated
+    inception_weights: str  # pytorch-fid Inception file; "" = FID reported unavailable
 
 
 @dataclass(frozen=True)

@@ -1,86 +1,233 @@
-"""Evaluation on the val split: correspondence accuracy against the synthetic ground truth
-(trained model vs the same architecture untrained) and paired metrics of the generated image
-against the true target (model vs simply copying the exemplar).
+"""Evaluation on the val split.
+
+* Self pairs (exemplar and target show the same clothes): paired metrics of the
+  output against the true target (L1, PSNR, SSIM), and, where the synthetic
+  ground truth exists, correspondence accuracy per level for the trained model,
+  the same architecture untrained, and the identity mapping.
+* Ref pairs (another person's clothes): set metrics, SWD and FID, of the outputs
+  against the targets, by the CoCosNet protocol.
+
+Every output is written as JPG with a stable name (`<set>/{fake,real,exemplar}/<n>.jpg`,
+the pair recorded in `<set>/pairs.csv`), and every image metric is computed from
+those files, so a folder can be re-scored by any tool and give the same numbers.
+The baseline "copy_exemplar" scores the exemplar itself as the output.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from cocosnet.config import Config
 from cocosnet.data.dataset import PairDataset
 from cocosnet.data.synthetic import surface_path
-from cocosnet.metrics.correspondence import endpoint_errors, gt_in_crop, level_gt, summarise
+from cocosnet.io import Staging
+from cocosnet.metrics.correspondence import endpoint_errors, gt_in_crop, identity_coords, level_gt, summarise
+from cocosnet.metrics.fid import FidUnavailable, file_statistics, frechet_distance, load_inception
+from cocosnet.metrics.images import chunks, list_images, load_image_set
 from cocosnet.metrics.paired import l1, psnr, ssim
+from cocosnet.metrics.swd import sliced_wasserstein
 from cocosnet.models.cocosnet import CoCosNet
 from cocosnet.progress import progress
-from cocosnet.train.samples import sample_grid
+from cocosnet.train.samples import sample_grid, to_uint8
 
 PAIRED = {"l1": l1, "psnr": psnr, "ssim": ssim}
+ROLES = ("fake", "real", "exemplar")
+LPIPS_UNAVAILABLE = ("LPIPS is not computed: it needs the PerceptualSimilarity linear heads on a torchvision "
+                     "AlexNet/VGG16 backbone, whose weights are not shipped, and this project does not define "
+                     "that network yet")
 
 
-def eval_pairs(pairs: pd.DataFrame, max_pairs: int) -> pd.DataFrame:
-    """Val self pairs (the paired setting), one per target first, deterministic."""
-    val = pairs[(pairs["split"] == "val") & (pairs["kind"] == "self")]
+def eval_pairs(pairs: pd.DataFrame, max_pairs: int, kind: str = "self") -> pd.DataFrame:
+    """Val pairs of `kind`, one per target first, in table order (deterministic)."""
+    val = pairs[(pairs["split"] == "val") & (pairs["kind"] == kind)]
     val = pd.concat([val.drop_duplicates("target"), val[val.duplicated("target")]]).reset_index(drop=True)
     return val.head(max_pairs) if max_pairs > 0 else val
 
 
+@dataclass
+class Generated:
+    """What a pass over one pair set leaves behind besides its JPGs."""
+    folder: Path
+    count: int
+    errors: dict[str, dict[int, torch.Tensor]]  # who -> level -> endpoint errors of valid pixels
+    grid: Image.Image | None
+
+
+def _save_jpg(array: np.ndarray, path: Path, quality: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(array).save(tmp, format="JPEG", quality=quality)
+    tmp.replace(path)
+
+
 @torch.no_grad()
-def evaluate(cfg: Config, trained: CoCosNet, untrained: CoCosNet, pairs: pd.DataFrame, *,
-             device: torch.device, grid_path: Path | None = None) -> dict:
-    """Return the metrics dict (see reports/metrics.json) and write a sample grid."""
-    table = eval_pairs(pairs, cfg.eval.max_pairs)
+def generate(cfg: Config, trained: CoCosNet, untrained: CoCosNet | None, table: pd.DataFrame, out: Path, *,
+             device: torch.device, with_gt: bool, fingerprint: str = "") -> Generated:
+    """Run the model over `table`, writing JPGs into `out`.
+
+    Staged in `<out>.partial/`: a killed run keeps its finished batches, which a
+    rerun with the same model `fingerprint`, pairs and settings reuses."""
+    spec = {"model": fingerprint, "pairs": table[["target", "exemplar"]].values.tolist(),
+            "quality": cfg.eval.jpeg_quality, "seed": cfg.eval.seed, "batch": cfg.eval.batch_size,
+            "crop": cfg.data.crop_size}
+    staging = Staging(out, spec)
+    for role in ROLES:
+        (staging.path / role).mkdir(exist_ok=True)
+    (staging.path / "corr").mkdir(exist_ok=True)
     root = Path(cfg.data.root)
     dataset = PairDataset(table, Path(cfg.data.processed), load_size=cfg.data.load_size,
                           crop_size=cfg.data.crop_size, random_crop=False)
     loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False)
     trained.eval().to(device)
-    untrained.eval().to(device)
-    errors: dict[str, dict[int, list]] = {"trained": defaultdict(list), "untrained": defaultdict(list)}
-    paired: dict[str, dict[str, list]] = {name: defaultdict(list) for name in PAIRED}
-    has_gt = surface_path(root, table.iloc[0]["target"]).exists() if len(table) else False
-    for i, batch in enumerate(progress(loader, desc="evaluate")):
+    if untrained is not None:
+        untrained.eval().to(device)
+    errors: dict[str, dict[int, list]] = defaultdict(lambda: defaultdict(list))
+    grid = None
+    for i, batch in enumerate(progress(loader, desc=f"evaluate {out.name}")):
+        names = [f"{int(j):05d}.jpg" for j in batch["index"]]
+        corr_file = staging.path / "corr" / f"{i:05d}.pt"
+        done = all((staging.path / r / n).exists() for r in ROLES for n in names) and (
+            not with_gt or corr_file.exists())
+        if done and i > 0:
+            saved = torch.load(corr_file, weights_only=True) if with_gt else {}
+            for who, levels in saved.items():
+                for level, errs in levels.items():
+                    errors[who][level].append(errs)
+            continue
         b = {k: v.to(device) for k, v in batch.items()}
         gen = torch.Generator(device=device).manual_seed(cfg.eval.seed + i)
-        out = trained(b["label"], b["exemplar"], b["exemplar_label"], generator=gen)
+        result = trained(b["label"], b["exemplar"], b["exemplar_label"], generator=gen)
+        if i == 0:
+            grid = sample_grid(batch, [w.cpu() for w in result.correspondence.warps], result.image.cpu(), rows=6)
+        if with_gt:
+            batch_errors = _correspondence_errors(cfg, root, table, batch, b, result, untrained, device, i)
+            torch.save(batch_errors, corr_file)
+            for who, levels in batch_errors.items():
+                for level, errs in levels.items():
+                    errors[who][level].append(errs)
+        for role, images in (("fake", result.image), ("real", batch["image"]), ("exemplar", batch["exemplar"])):
+            for name, image in zip(names, images):
+                _save_jpg(to_uint8(image.cpu()), staging.path / role / name, cfg.eval.jpeg_quality)
+    table.assign(name=[f"{n:05d}.jpg" for n in range(len(table))])[["name", "target", "exemplar"]].to_csv(
+        staging.path / "pairs.csv", index=False)
+    shutil.rmtree(staging.path / "corr")
+    folder = staging.commit()
+    merged = {who: {level: torch.cat(v) for level, v in levels.items()} for who, levels in errors.items()}
+    return Generated(folder, len(table), merged, grid)
+
+
+def _correspondence_errors(cfg, root, table, batch, b, result, untrained, device, i) -> dict:
+    gts, valids = zip(*(gt_in_crop(root, table.iloc[int(j)]["target"], table.iloc[int(j)]["exemplar"],
+                                   load_size=cfg.data.load_size, crop=cfg.data.crop_size,
+                                   target_offset=tuple(t.tolist()), exemplar_offset=tuple(e.tolist()))
+                        for j, t, e in zip(batch["index"], batch["target_crop"], batch["exemplar_crop"])))
+    gt, valid = torch.from_numpy(np.stack(gts)), torch.from_numpy(np.stack(valids))
+    predictions = {"trained": [c[..., 0, :].cpu() for c in result.correspondence.coords]}
+    if untrained is not None:
         base = untrained.matcher(b["label"], b["exemplar"], b["exemplar_label"],
                                  generator=torch.Generator(device=device).manual_seed(cfg.eval.seed + i))
+        predictions["untrained"] = [c[..., 0, :].cpu() for c in base.correspondence.coords]
+    predictions["identity"] = [identity_coords(p.shape[0], p.shape[1], p.shape[2]) for p in predictions["trained"]]
+    out: dict[str, dict[int, torch.Tensor]] = {}
+    for who, coords in predictions.items():
+        out[who] = {}
+        for level, c in enumerate(coords):
+            lg, lv = level_gt(gt, valid, tuple(c.shape[1:3]))
+            out[who][level] = endpoint_errors(c, lg, lv)
+    return out
+
+
+def _to_signed(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def _role_files(folder: Path) -> dict[str, list[Path]]:
+    files = {role: list_images(folder / role) for role in ROLES}
+    names = {role: [p.name for p in paths] for role, paths in files.items()}
+    if not names["real"] == names["fake"] == names["exemplar"]:
+        raise ValueError(f"{folder}: real/, fake/ and exemplar/ must hold the same file names")
+    return files
+
+
+def paired_metrics(folder: Path) -> dict:
+    """L1 / PSNR / SSIM of fake and of exemplar (the copy baseline) against real, from the JPGs."""
+    files = _role_files(folder)
+    sums: dict[str, dict[str, float]] = {name: {"model": 0.0, "copy_exemplar": 0.0} for name in PAIRED}
+    for real_chunk, fake_chunk, ex_chunk in zip(*(chunks(files[r]) for r in ("real", "fake", "exemplar"))):
+        real, fake, exemplar = (_to_signed(load_image_set(c)) for c in (real_chunk, fake_chunk, ex_chunk))
         for name, fn in PAIRED.items():
-            paired[name]["model"].append(fn(out.image, b["image"]).cpu())
-            paired[name]["copy_exemplar"].append(fn(b["exemplar"], b["image"]).cpu())
+            sums[name]["model"] += float(fn(fake, real).sum())
+            sums[name]["copy_exemplar"] += float(fn(exemplar, real).sum())
+    n = len(files["real"])
+    out: dict = {name: {who: total / n for who, total in d.items()} for name, d in sums.items()}
+    out["lpips"] = {"unavailable": LPIPS_UNAVAILABLE}
+    return out
+
+
+def set_metrics(cfg: Config, folder: Path, *, device: torch.device) -> tuple[dict, dict]:
+    """SWD and FID of fake and of exemplar against real, from the JPGs."""
+    files = _role_files(folder)
+    real, fake, exemplar = (load_image_set(files[r], cfg.eval.swd_size) for r in ("real", "fake", "exemplar"))
+    swd_model = sliced_wasserstein(real, fake, seed=cfg.eval.seed, device=device)
+    swd_copy = sliced_wasserstein(real, exemplar, seed=cfg.eval.seed, device=device)
+    swd = {"model": swd_model["avg"], "copy_exemplar": swd_copy["avg"],
+           "per_level": {"model": swd_model, "copy_exemplar": swd_copy},
+           "images": int(len(real)), "resolution": int(real.shape[1]), "seed": cfg.eval.seed}
+    del real, fake, exemplar
+    try:
+        network = load_inception(cfg.eval.inception_weights)
+    except FidUnavailable as exc:
+        return swd, {"unavailable": str(exc)}
+    stats = {r: file_statistics(files[r], network, device=device) for r in ("real", "fake", "exemplar")}
+    fid_metrics = {"model": frechet_distance(*stats["real"], *stats["fake"]),
+                   "copy_exemplar": frechet_distance(*stats["real"], *stats["exemplar"]),
+                   "images": len(files["real"]), "weights": Path(cfg.eval.inception_weights).name}
+    return swd, fid_metrics
+
+
+def correspondence_metrics(errors: dict[str, dict[int, torch.Tensor]]) -> dict:
+    per_level = {who: {str(level): summarise(errs) for level, errs in sorted(levels.items())}
+                 for who, levels in errors.items()}
+    finest = str(max(int(k) for k in per_level["trained"]))
+    out = {m: {who: per_level[who][finest][m] for who in per_level} for m in ("epe_px", "acc_1px", "acc_3px")}
+    out["per_level"] = per_level
+    return out
+
+
+def evaluate(cfg: Config, trained: CoCosNet, untrained: CoCosNet, pairs: pd.DataFrame, *,
+             device: torch.device, outputs: Path, fingerprint: str = "") -> tuple[dict, dict[str, Image.Image]]:
+    """The metrics dict (reports/metrics.json) and the sample grids, one per pair set."""
+    self_table = eval_pairs(pairs, cfg.eval.max_pairs, "self")
+    ref_table = eval_pairs(pairs, cfg.eval.max_pairs, "ref")
+    if self_table.empty and ref_table.empty:
+        raise ValueError("the pair table has no val pairs to evaluate (split == 'val')")
+    root = Path(cfg.data.root)
+    has_gt = bool(len(self_table)) and surface_path(root, self_table.iloc[0]["target"]).exists()
+    metrics: dict = {"pairs": len(self_table), "ref_pairs": len(ref_table), "jpeg_quality": cfg.eval.jpeg_quality}
+    grids: dict[str, Image.Image] = {}
+    if len(self_table):
+        done = generate(cfg, trained, untrained if has_gt else None, self_table, outputs / "self",
+                        device=device, with_gt=has_gt, fingerprint=fingerprint)
+        metrics["paired"] = paired_metrics(done.folder)
         if has_gt:
-            gts, valids = zip(*(gt_in_crop(root, table.iloc[int(j)]["target"], table.iloc[int(j)]["exemplar"],
-                                           load_size=cfg.data.load_size, crop=cfg.data.crop_size,
-                                           target_offset=tuple(t.tolist()), exemplar_offset=tuple(e.tolist()))
-                                for j, t, e in zip(batch["index"], batch["target_crop"], batch["exemplar_crop"])))
-            gt, valid = torch.from_numpy(np.stack(gts)), torch.from_numpy(np.stack(valids))
-            for name, result in (("trained", out), ("untrained", base)):
-                for level, coords in enumerate(result.correspondence.coords):
-                    lg, lv = level_gt(gt, valid, tuple(coords.shape[1:3]))
-                    errors[name][level].append(endpoint_errors(coords[..., 0, :].cpu(), lg, lv))
-        if i == 0 and grid_path is not None:
-            grid_path.parent.mkdir(parents=True, exist_ok=True)
-            sample_grid(batch, [w.cpu() for w in out.correspondence.warps], out.image.cpu(), rows=6).save(grid_path)
-
-    def mean(values: list) -> float:
-        return float(torch.cat(values).float().mean())
-
-    metrics: dict = {"pairs": len(table),
-                     "paired": {name: {k: mean(v) for k, v in d.items()} for name, d in paired.items()}}
-    if has_gt:
-        finest = len(trained.matcher.correspondence.levels)
-        per_level = {name: {str(level): summarise(torch.cat(errs)) for level, errs in by_level.items()}
-                     for name, by_level in errors.items()}
-        metrics["correspondence"] = {
-            "epe_px": {name: per_level[name][str(finest)]["epe_px"] for name in per_level},
-            "acc_3px": {name: per_level[name][str(finest)]["acc_3px"] for name in per_level},
-            "per_level": per_level,
-        }
-    return metrics
+            metrics["correspondence"] = correspondence_metrics(done.errors)
+        if done.grid is not None:
+            grids["self"] = done.grid
+    if len(ref_table):
+        done = generate(cfg, trained, None, ref_table, outputs / "ref", device=device, with_gt=False,
+                        fingerprint=fingerprint)
+        metrics["swd"], metrics["fid"] = set_metrics(cfg, done.folder, device=device)
+        if done.grid is not None:
+            grids["ref"] = done.grid
+    else:
+        reason = "no val ref pairs in the pair table"
+        metrics["swd"], metrics["fid"] = {"unavailable": reason}, {"unavailable": reason}
+    return metrics, grids

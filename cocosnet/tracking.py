@@ -102,3 +102,28 @@ class Tracker:
         if self.parent_id and (self.stage == "evaluate" or exc_type is not None):
             # evaluate is the last stage: the pipeline run ends with it (or with a failure).
             self._safe("end", lambda: self._mlflow.MlflowClient().set_terminated(self.parent_id, status))
+
+
+def search_runs(uri: str, experiments: list[str] | None = None, filter_string: str = ""):
+    """Runs as a pandas DataFrame (mlflow.search_runs columns: run_id, tags.*, params.*, metrics.*).
+
+    experiments: names; None = every experiment in the store."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    if experiments is None:
+        experiments = [e.name for e in client.search_experiments()]
+    else:
+        missing = [name for name in experiments if client.get_experiment_by_name(name) is None]
+        if missing:
+            known = [e.name for e in client.search_experiments()]
+            raise ValueError(f"no MLflow experiment named {missing} at {uri}; known: {known}")
+    return mlflow.search_runs(experiment_names=experiments, filter_string=filter_string, output_format="pandas")
+
+
+def experiment_names(uri: str) -> dict[str, str]:
+    """experiment_id -> name."""
+    import mlflow
+
+    return {e.experiment_id: e.name for e in mlflow.MlflowClient(tracking_uri=uri).search_experiments()}

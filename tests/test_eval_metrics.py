@@ -44,3 +44,27 @@ def test_level_gt_and_errors():
     errs = endpoint_errors(lg, lg, lv)
     assert summarise(errs)["epe_px"] == 0.0 and summarise(errs)["acc_1px"] == 1.0
     assert summarise(torch.tensor([]))["pixels"] == 0
+
+
+def test_ssim_matches_a_direct_scipy_transcription_of_wang_et_al():
+    import scipy.ndimage
+
+    rng = np.random.default_rng(3)
+    a = rng.uniform(0, 255, (20, 24, 3))
+    b = np.clip(a + rng.normal(0, 25, a.shape), 0, 255)
+    x = np.arange(11) - 5.0
+    g = np.exp(-x ** 2 / (2 * 1.5 ** 2))
+    w = np.outer(g, g) / np.outer(g, g).sum()
+
+    def filt(img):  # valid region only
+        return scipy.ndimage.correlate(img, w, mode="constant")[5:-5, 5:-5]
+
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    per_channel = []
+    for ch in range(3):
+        p, q = a[..., ch], b[..., ch]
+        mp, mq = filt(p), filt(q)
+        vp, vq, cpq = filt(p * p) - mp ** 2, filt(q * q) - mq ** 2, filt(p * q) - mp * mq
+        per_channel.append((((2 * mp * mq + c1) * (2 * cpq + c2)) / ((mp ** 2 + mq ** 2 + c1) * (vp + vq + c2))).mean())
+    to_t = lambda img: torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1  # noqa: E731
+    assert ssim(to_t(a), to_t(b)).item() == pytest.approx(np.mean(per_channel), abs=1e-4)

@@ -52,6 +52,13 @@ def level_gt(gt: Tensor, valid: Tensor, size: tuple[int, int]) -> tuple[Tensor, 
     return level, v
 
 
+def identity_coords(batch: int, height: int, width: int) -> Tensor:
+    """The identity mapping as level coordinates: (B, h, w, 2) with (x, y) = the pixel itself."""
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
+                            indexing="ij")
+    return torch.stack([xs, ys], dim=-1).expand(batch, height, width, 2)
+
+
 def endpoint_errors(pred: Tensor, gt: Tensor, valid: Tensor) -> Tensor:
     """pred, gt (B, h, w, 2); valid (B, h, w) -> the errors of valid pixels (N,)."""
     return (pred - gt).norm(dim=-1)[valid]

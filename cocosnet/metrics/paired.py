@@ -46,13 +46,13 @@ def ssim(a: Tensor, b: Tensor, *, window: int = 11, sigma: float = 1.5) -> Tenso
     _check(a, b)
     x, y = _to255(a), _to255(b)
     g = _gaussian(window, sigma).to(x.device)
-    kernel = (g[:, None] * g[None, :]).expand(3, 1, window, window)
-
-    def blur(t: Tensor) -> Tensor:
-        return F.conv2d(t, kernel, groups=3)
+    c = x.shape[1]
+    kernel = (g[:, None] * g[None, :]).expand(5 * c, 1, window, window)
+    # One grouped convolution over all five maps: about 2x faster on CPU than five calls (bench/metrics.py).
+    blurred = F.conv2d(torch.cat([x, y, x * x, y * y, x * y], dim=1), kernel, groups=5 * c)
+    mx, my, sxx, syy, sxy = blurred.split(c, dim=1)
+    vx, vy, cxy = sxx - mx ** 2, syy - my ** 2, sxy - mx * my
 
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mx, my = blur(x), blur(y)
-    vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
     return s.flatten(1).mean(1)

@@ -10,7 +10,7 @@ from torch import Tensor
 from cocosnet.models.blocks import resize_to
 
 
-def _to_uint8(x: Tensor) -> np.ndarray:
+def to_uint8(x: Tensor) -> np.ndarray:
     """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
     return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
 
@@ -25,7 +25,7 @@ def sample_grid(batch: dict, warps: list[Tensor], output: Tensor | None, *, rows
         if output is not None:
             tiles.append(output[i])
         tiles.append(batch["image"][i])
-        columns.append(np.concatenate([_to_uint8(t.cpu()) for t in tiles], axis=1))
+        columns.append(np.concatenate([to_uint8(t.cpu()) for t in tiles], axis=1))
     return Image.fromarray(np.concatenate(columns, axis=0))
 
 

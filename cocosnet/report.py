@@ -1,0 +1,160 @@
+"""The evaluation report: plots and one self-contained HTML file (every image embedded, no scripts,
+no network), so it opens offline and survives being mailed or attached to an MLflow run."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image  # noqa: E402
+
+BASELINES = ("model", "copy_exemplar")
+WHO = ("trained", "untrained", "identity")
+
+
+def correspondence_plot(correspondence: dict, path: Path) -> Path:
+    """Accuracy within 1 and 3 px and EPE by level, one line per mapping."""
+    per_level = correspondence["per_level"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for who in [w for w in WHO if w in per_level]:
+        levels = sorted(per_level[who], key=int)
+        xs = [int(level) for level in levels]
+        for ax, key in zip(axes, ("acc_1px", "acc_3px", "epe_px")):
+            ax.plot(xs, [per_level[who][level][key] for level in levels], marker="o", label=who)
+    for ax, title in zip(axes, ("within 1 px", "within 3 px", "end-point error (level px)")):
+        ax.set_title(title)
+        ax.set_xlabel("level (0 = coarsest)")
+        ax.set_xticks(xs)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(0, 1)
+    axes[1].set_ylim(0, 1)
+    axes[0].legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def loss_plot(tables: dict[str, pd.DataFrame], path: Path) -> Path | None:
+    """One panel per training stage; every loss column against step (log scale where positive)."""
+    tables = {k: v for k, v in tables.items() if v is not None and len(v)}
+    if not tables:
+        return None
+    fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 3.6), squeeze=False)
+    for ax, (stage, table) in zip(axes[0], tables.items()):
+        for column in table.columns:
+            if column != "step":
+                ax.plot(table["step"], table[column], label=column, linewidth=1)
+        if (table.drop(columns="step") > 0).all().all():
+            ax.set_yscale("log")
+        ax.set_title(stage)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def read_losses(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path, sep="\t") if path.is_file() else None
+
+
+def _img_tag(image: Path | Image.Image, alt: str) -> str:
+    buf = io.BytesIO()
+    (Image.open(image) if isinstance(image, Path) else image).save(buf, format="PNG")
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) else html.escape(str(value))
+
+
+def metrics_rows(metrics: dict) -> list[tuple[str, str, str, str]]:
+    """(metric, better, model, copy_exemplar) rows for the table."""
+    rows = []
+    better = {"l1": "lower", "psnr": "higher", "ssim": "higher", "lpips": "lower"}
+    for name, values in metrics.get("paired", {}).items():
+        if "unavailable" in values:
+            rows.append((f"{name.upper()} (self pairs)", better.get(name, ""), "unavailable", values["unavailable"]))
+        else:
+            rows.append((f"{name.upper()} (self pairs)", better.get(name, ""),
+                         _fmt(values["model"]), _fmt(values["copy_exemplar"])))
+    swd = metrics.get("swd", {})
+    if "unavailable" in swd:
+        rows.append(("SWD x1e3 (ref pairs)", "lower", "unavailable", swd["unavailable"]))
+    elif swd:
+        rows.append(("SWD x1e3, avg (ref pairs)", "lower", _fmt(swd["model"]), _fmt(swd["copy_exemplar"])))
+        for level in swd["per_level"]["model"]:
+            if level != "avg":
+                rows.append((f"SWD x1e3 at {level} px", "lower", _fmt(swd["per_level"]["model"][level]),
+                             _fmt(swd["per_level"]["copy_exemplar"][level])))
+    fid = metrics.get("fid", {})
+    if "unavailable" in fid:
+        rows.append(("FID (ref pairs)", "lower", "unavailable", fid["unavailable"]))
+    elif fid:
+        rows.append(("FID (ref pairs)", "lower", _fmt(fid["model"]), _fmt(fid["copy_exemplar"])))
+    return rows
+
+
+def correspondence_rows(correspondence: dict) -> list[list[str]]:
+    rows = []
+    per_level = correspondence["per_level"]
+    for level in sorted(per_level["trained"], key=int):
+        for key in ("epe_px", "acc_1px", "acc_3px"):
+            rows.append([f"level {level}", key] + [_fmt(per_level[w][level][key]) if w in per_level else "-"
+                                                     for w in WHO])
+    return rows
+
+
+def _table(header: list[str], rows: list) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
+table{border-collapse:collapse;margin:8px 0 20px}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}
+th{background:#f0f0f0}img{max-width:100%;image-rendering:pixelated;border:1px solid #ddd}
+.note{background:#fff6d6;border:1px solid #e5c96b;padding:8px 12px;margin:12px 0}
+.meta{color:#555;font-size:90%}"""
+
+
+def write_report(path: Path, metrics: dict, *, images: dict[str, Path | Image.Image], info: dict[str, str],
+                 notes: list[str]) -> Path:
+    """images: title -> figure (plots first, then sample grids), embedded as base64 PNG."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>CoCosNet v2 evaluation</title>"
+             f"<style>{STYLE}</style></head><body><h1>CoCosNet v2 evaluation</h1>"]
+    parts.append("<p class='meta'>" + " · ".join(f"{html.escape(k)}: {html.escape(str(v))}"
+                                                  for k, v in info.items()) + "</p>")
+    parts += [f"<div class='note'>{html.escape(n)}</div>" for n in notes]
+    parts.append("<h2>Image metrics</h2><p>The model against the baseline that copies the exemplar as its output. "
+                 "Paired metrics on val self pairs (the true target exists); SWD and FID on val ref pairs, "
+                 "outputs and targets scored as JPG.</p>")
+    parts.append(_table(["metric", "better", "model", "copy exemplar"],
+                        [[html.escape(a), b, c, html.escape(d) if c == "unavailable" else d]
+                         for a, b, c, d in metrics_rows(metrics)]))
+    if "correspondence" in metrics:
+        parts.append("<h2>Correspondence accuracy</h2><p>Top-1 match against the synthetic ground truth, in each "
+                     "level's own pixels: the trained model, the same architecture untrained, and the identity "
+                     "mapping.</p>")
+        parts.append(_table(["level", "metric", *WHO], correspondence_rows(metrics["correspondence"])))
+    for title, image in images.items():
+        parts.append(f"<h2>{html.escape(title)}</h2>{_img_tag(image, title)}")
+    parts.append("</body></html>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(parts), encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,68 @@
+"""Score any two image folders with this project's protocol: SWD (PGGAN), FID (pytorch-fid Inception,
+when its weights are given) and, for paired sets, L1/PSNR/SSIM. Files pair up by name.
+
+    python -m stages.score_folders --real GT_DIR --fake OUTPUT_DIR [--paired] [--swd-size 256]
+        [--inception-weights weights/pt_inception-2015-12-05-6726825d.pth] [--out scores.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from cocosnet.io import atomic_write_json
+from cocosnet.metrics.fid import FidUnavailable, file_statistics, frechet_distance, load_inception
+from cocosnet.metrics.images import list_images, load_folder_pair, load_image_set
+from cocosnet.metrics.paired import l1, psnr, ssim
+from cocosnet.metrics.swd import sliced_wasserstein
+
+
+def score(real_dir: Path, fake_dir: Path, *, paired: bool, swd_size: int, inception_weights: str,
+          seed: int) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    real, fake = load_folder_pair(real_dir, fake_dir)  # checks names, counts, sizes, modes
+    out: dict = {"images": len(real), "size": [int(real.shape[2]), int(real.shape[1])]}
+    if paired:
+        a = torch.from_numpy(fake).permute(0, 3, 1, 2).float() / 127.5 - 1
+        b = torch.from_numpy(real).permute(0, 3, 1, 2).float() / 127.5 - 1
+        out["paired"] = {name: float(fn(a, b).mean()) for name, fn in (("l1", l1), ("psnr", psnr), ("ssim", ssim))}
+    if swd_size:
+        real = load_image_set(list_images(real_dir), swd_size)
+        fake = load_image_set(list_images(fake_dir), swd_size)
+    out["swd"] = sliced_wasserstein(real, fake, seed=seed, device=device)
+    try:
+        network = load_inception(inception_weights)
+        out["fid"] = frechet_distance(*file_statistics(list_images(real_dir), network, device=device),
+                                      *file_statistics(list_images(fake_dir), network, device=device))
+    except FidUnavailable as exc:
+        out["fid"] = {"unavailable": str(exc)}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--real", required=True, type=Path)
+    parser.add_argument("--fake", required=True, type=Path)
+    parser.add_argument("--paired", action="store_true", help="also L1/PSNR/SSIM of fake/NAME against real/NAME")
+    parser.add_argument("--swd-size", type=int, default=0, help="resize for SWD (CoCosNet's script: 256)")
+    parser.add_argument("--inception-weights", default="", help="pytorch-fid Inception file; empty = no FID")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    try:
+        result = score(args.real, args.fake, paired=args.paired, swd_size=args.swd_size,
+                       inception_weights=args.inception_weights, seed=args.seed)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if args.out:
+        atomic_write_json(args.out, result)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

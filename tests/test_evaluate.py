@@ -1,0 +1,156 @@
+"""The evaluate stage end to end on the tiny set: JPG outputs, metrics.json schema, the offline report,
+staged resume, MLflow logging, and the experiment comparison."""
+
+import argparse
+import dataclasses
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cocosnet import evaluate as evaluation
+from cocosnet.compare import differing_params, rank_runs, to_markdown
+from cocosnet.metrics.images import load_folder_pair
+from cocosnet.models.cocosnet import CoCosNet
+from cocosnet.tracking import PIPELINE_ENV, search_runs
+from cocosnet.train.loop import save_model
+from stages.score_folders import score
+from tests.training_setup import prepare_data, tiny_training_config
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_raw, tmp_path_factory):
+    processed = tmp_path_factory.mktemp("processed")
+    prepare_data(tiny_raw, processed)
+    cfg = tiny_training_config(tiny_raw, processed)
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, max_pairs=6, batch_size=2))
+    torch.manual_seed(0)
+    model_path = tmp_path_factory.mktemp("model") / "train.pt"
+    save_model(model_path, CoCosNet.from_config(cfg), cfg, step=4, stage="train")
+    return cfg, processed, model_path
+
+
+def run_stage(cfg, model_path, reports, monkeypatch, uri):
+    from stages import evaluate as stage
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv(PIPELINE_ENV, "eval-test")
+    reports.mkdir(parents=True, exist_ok=True)
+    stage.main(cfg, argparse.Namespace(model=str(model_path), reports=str(reports),
+                                       outputs=str(reports / "eval" / "outputs")))
+    return json.loads((reports / "metrics.json").read_text())
+
+
+def test_evaluate_stage_writes_outputs_metrics_report_and_mlflow(setup, tmp_path, monkeypatch):
+    cfg, processed, model_path = setup
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    metrics = run_stage(cfg, model_path, tmp_path / "reports", monkeypatch, uri)
+    assert metrics["pairs"] == 6 and metrics["ref_pairs"] == 6
+    for name in ("l1", "psnr", "ssim"):
+        assert set(metrics["paired"][name]) == {"model", "copy_exemplar"}
+    assert "unavailable" in metrics["paired"]["lpips"]
+    assert metrics["fid"] == {"unavailable": metrics["fid"]["unavailable"]}
+    assert "eval.inception_weights" in metrics["fid"]["unavailable"]
+    swd = metrics["swd"]
+    assert set(swd["per_level"]["model"]) == {"64", "32", "16", "avg"} and swd["model"] == swd["per_level"]["model"]["avg"]
+    corr = metrics["correspondence"]
+    assert set(corr["per_level"]) == {"trained", "untrained", "identity"}
+    assert set(corr["per_level"]["identity"]) == {"0", "1", "2", "3"}
+    assert set(corr["epe_px"]) == {"trained", "untrained", "identity"}
+
+    outputs = tmp_path / "reports" / "eval" / "outputs"
+    table = pd.read_csv(outputs / "ref" / "pairs.csv")
+    assert list(table.columns) == ["name", "target", "exemplar"] and list(table["name"]) == [
+        f"{i:05d}.jpg" for i in range(6)]
+    real, fake = load_folder_pair(outputs / "ref" / "real", outputs / "ref" / "fake")
+    assert real.shape == fake.shape == (6, 64, 64, 3)
+    assert not (outputs / "ref" / "corr").exists() and not (outputs / "self.partial").exists()
+    # The metrics are those of the files on disk: re-scoring the folders gives the same numbers.
+    rescored = score(outputs / "ref" / "real", outputs / "ref" / "fake", paired=False, swd_size=0,
+                     inception_weights="", seed=cfg.eval.seed)
+    assert rescored["swd"]["avg"] == pytest.approx(swd["model"]) and "unavailable" in rescored["fid"]
+    rescored = score(outputs / "self" / "real", outputs / "self" / "fake", paired=True, swd_size=32,
+                     inception_weights="", seed=0)
+    assert rescored["paired"]["ssim"] == pytest.approx(metrics["paired"]["ssim"]["model"], rel=1e-5)
+    assert set(rescored["swd"]) == {"32", "16", "avg"}
+
+    report = (tmp_path / "reports" / "eval" / "report.html").read_text()
+    assert not re.search(r"(src|href)=['\"](https?:|file:|//)", report)  # self-contained
+    assert report.count("data:image/png;base64,") >= 3  # correspondence plot + two sample grids
+    assert "copy exemplar" in report and "FID unavailable" in report and "randomly initialised VGG19" in report
+
+    runs = search_runs(uri, ["cocosnet-demo"], "tags.stage = 'evaluate'")
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["metrics.swd.model"] == pytest.approx(swd["model"])
+    assert run["metrics.paired.ssim.model"] == pytest.approx(metrics["paired"]["ssim"]["model"])
+    assert run["metrics.correspondence.level0.epe_px.identity"] == pytest.approx(
+        corr["per_level"]["identity"]["0"]["epe_px"])
+    assert run["tags.fid"] == "unavailable"
+
+
+def test_a_killed_evaluation_reuses_its_finished_batches(setup, tmp_path):
+    cfg, processed, model_path = setup
+    pairs = pd.read_parquet(processed / "pairs.parquet")
+    table = evaluation.eval_pairs(pairs, 6, "ref")
+    torch.manual_seed(0)
+    model = CoCosNet.from_config(cfg)
+    calls = []
+    original = model.forward
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed during the third batch
+        return original(*args, **kwargs)
+
+    model.forward = failing
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.generate(cfg, model, None, table, tmp_path / "ref", device=torch.device("cpu"), with_gt=False,
+                            fingerprint="m1")
+    assert (tmp_path / "ref.partial" / "fake" / "00003.jpg").exists() and not (tmp_path / "ref").exists()
+    calls.clear()
+    model.forward = lambda *a, **k: calls.append(1) or original(*a, **k)
+    done = evaluation.generate(cfg, model, None, table, tmp_path / "ref", device=torch.device("cpu"),
+                               with_gt=False, fingerprint="m1")
+    assert len(calls) == 2  # batch 0 again (it draws the sample grid), batch 1 reused, batch 2 new
+    clean = evaluation.generate(cfg, model, None, table, tmp_path / "clean", device=torch.device("cpu"),
+                                with_gt=False, fingerprint="m1")
+    a, b = load_folder_pair(done.folder / "fake", clean.folder / "fake")
+    assert np.array_equal(a, b)
+    # A different model does not reuse anything.
+    calls.clear()
+    (tmp_path / "again.partial").mkdir()
+    evaluation.generate(cfg, model, None, table, tmp_path / "again", device=torch.device("cpu"), with_gt=False,
+                        fingerprint="m2")
+    assert len(calls) == 3
+
+
+def _runs(values: dict[str, float], lrs: list[float]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "run_id": [f"run{i}abcdef" for i in range(len(lrs))],
+        "experiment_id": ["1"] * len(lrs),
+        "start_time": pd.to_datetime(["2026-01-01 10:00"] * len(lrs)) + pd.to_timedelta(range(len(lrs)), "min"),
+        "tags.stage": ["evaluate"] * len(lrs),
+        "params.train.lr": [str(x) for x in lrs],
+        "params.data.crop_size": ["64"] * len(lrs),
+        **{f"metrics.{k}": v for k, v in values.items()},
+    })
+
+
+def test_compare_ranks_runs_and_lists_only_differing_params():
+    runs = _runs({"swd.model": [30.0, 10.0, np.nan], "paired.ssim.model": [0.5, 0.7, 0.9]}, [1e-4, 2e-4, 3e-4])
+    ranked = rank_runs(runs, "swd.model")
+    assert list(ranked["run_id"].str[:4]) == ["run1", "run0", "run2"]  # lower SWD first, missing last
+    assert list(rank_runs(runs, "paired.ssim.model")["run_id"].str[:4]) == ["run2", "run1", "run0"]
+    assert differing_params(runs) == ["params.train.lr"]
+    md = to_markdown(ranked, "swd.model", experiment_names={"1": "cocosnet-demo"})
+    lines = md.splitlines()
+    header = next(line for line in lines if line.startswith("| rank"))
+    assert "train.lr" in header and "data.crop_size" not in header
+    assert lines[lines.index(header) + 2].startswith("| 1 | `run1abcd` | cocosnet-demo")
+    with pytest.raises(ValueError, match="no run has the metric 'fid.model'"):
+        rank_runs(runs, "fid.model")
