@@ -50,7 +50,7 @@ compare: $(STAMP)
 screenshot:
 	@command -v chromium >/dev/null || { echo "chromium not found: apt-get install chromium"; exit 1; }
 	chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --disable-background-networking \
-	  --disable-component-update --disable-sync --no-first-run --hide-scrollbars --window-size=1280,3000 \
+	  --disable-component-update --disable-sync --no-first-run --hide-scrollbars --window-size=1280,3900 \
 	  --screenshot=$(CURDIR)/reports/eval/report.png file://$(CURDIR)/reports/eval/report.html 2>/dev/null
 
 flow: $(STAMP)

@@ -57,7 +57,6 @@ def eval_pairs(pairs: pd.DataFrame, max_pairs: int, kind: str = "self") -> pd.Da
 class Generated:
     """What a pass over one pair set leaves behind besides its JPGs."""
     folder: Path
-    count: int
     errors: dict[str, dict[int, torch.Tensor]]  # who -> level -> endpoint errors of valid pixels
     grid: Image.Image | None
 
@@ -121,7 +120,7 @@ def generate(cfg: Config, trained: CoCosNet, untrained: CoCosNet | None, table: 
     shutil.rmtree(staging.path / "corr")
     folder = staging.commit()
     merged = {who: {level: torch.cat(v) for level, v in levels.items()} for who, levels in errors.items()}
-    return Generated(folder, len(table), merged, grid)
+    return Generated(folder, merged, grid)
 
 
 def _correspondence_errors(cfg, root, table, batch, b, result, untrained, device, i) -> dict:

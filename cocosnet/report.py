@@ -53,8 +53,10 @@ def loss_plot(tables: dict[str, pd.DataFrame], path: Path) -> Path | None:
         for column in table.columns:
             if column != "step":
                 ax.plot(table["step"], table[column], label=column, linewidth=1)
-        if (table.drop(columns="step") > 0).all().all():
-            ax.set_yscale("log")
+        values = table.drop(columns="step")
+        # Totals are ~100x the terms and the hinge GAN terms go negative: symlog keeps all readable.
+        ax.set_yscale("log" if (values > 0).all().all() else "symlog", **(
+            {} if (values > 0).all().all() else {"linthresh": 1e-2}))
         ax.set_title(stage)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -70,11 +72,14 @@ def read_losses(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path, sep="\t") if path.is_file() else None
 
 
-def _img_tag(image: Path | Image.Image, alt: str) -> str:
+def _img_tag(image: Path | Image.Image, alt: str, *, zoom: int = 1) -> str:
+    """An embedded PNG; small sample grids are shown `zoom` times larger (pixelated, not blurred)."""
+    image = Image.open(image) if isinstance(image, Path) else image
     buf = io.BytesIO()
-    (Image.open(image) if isinstance(image, Path) else image).save(buf, format="PNG")
+    image.save(buf, format="PNG")
     data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+    width = min(image.width * zoom, 1150)
+    return f'<img alt="{html.escape(alt)}" width="{width}" src="data:image/png;base64,{data}">'
 
 
 def _fmt(value) -> str:
@@ -126,14 +131,14 @@ def _table(header: list[str], rows: list) -> str:
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
 table{border-collapse:collapse;margin:8px 0 20px}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}
-th{background:#f0f0f0}img{max-width:100%;image-rendering:pixelated;border:1px solid #ddd}
+th{background:#f0f0f0}td:first-child{white-space:nowrap}img{max-width:100%;image-rendering:pixelated;border:1px solid #ddd}
 .note{background:#fff6d6;border:1px solid #e5c96b;padding:8px 12px;margin:12px 0}
 .meta{color:#555;font-size:90%}"""
 
 
-def write_report(path: Path, metrics: dict, *, images: dict[str, Path | Image.Image], info: dict[str, str],
-                 notes: list[str]) -> Path:
-    """images: title -> figure (plots first, then sample grids), embedded as base64 PNG."""
+def write_report(path: Path, metrics: dict, *, figures: dict[str, Path], grids: dict[str, Path | Image.Image],
+                 info: dict[str, str], notes: list[str]) -> Path:
+    """figures (plots) and grids (sample grids, shown 2x): title -> image, embedded as base64 PNG."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>CoCosNet v2 evaluation</title>"
              f"<style>{STYLE}</style></head><body><h1>CoCosNet v2 evaluation</h1>"]
     parts.append("<p class='meta'>" + " · ".join(f"{html.escape(k)}: {html.escape(str(v))}"
@@ -150,8 +155,10 @@ def write_report(path: Path, metrics: dict, *, images: dict[str, Path | Image.Im
                      "level's own pixels: the trained model, the same architecture untrained, and the identity "
                      "mapping.</p>")
         parts.append(_table(["level", "metric", *WHO], correspondence_rows(metrics["correspondence"])))
-    for title, image in images.items():
+    for title, image in figures.items():
         parts.append(f"<h2>{html.escape(title)}</h2>{_img_tag(image, title)}")
+    for title, image in grids.items():
+        parts.append(f"<h2>{html.escape(title)}</h2>{_img_tag(image, title, zoom=2)}")
     parts.append("</body></html>")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -70,17 +70,18 @@ def main(cfg, args) -> None:
                            eval_dir / "losses.png")
         if losses is not None:
             figures["Loss curves"] = losses
+        grid_files = {}
         for kind, grid in grids.items():
-            grid.save(eval_dir / ("samples.png" if kind == "self" else f"samples_{kind}.png"))
-            figures[f"Samples, val {kind} pairs ({GRID_CAPTION})"] = eval_dir / (
-                "samples.png" if kind == "self" else f"samples_{kind}.png")
+            path = eval_dir / ("samples.png" if kind == "self" else f"samples_{kind}.png")
+            grid.save(path)
+            grid_files[f"Samples, val {kind} pairs ({GRID_CAPTION})"] = path
         notes = []
         if cfg.vgg.weights == "random":
             notes.append("The perceptual, feature-matching and contextual losses used a randomly initialised VGG19 "
                          "(vgg.weights: random), so this model is not comparable with one trained with real weights.")
         if "unavailable" in metrics["fid"]:
             notes.append(f"FID unavailable: {metrics['fid']['unavailable']}")
-        write_report(eval_dir / "report.html", metrics, images=figures, notes=notes,
+        write_report(eval_dir / "report.html", metrics, figures=figures, grids=grid_files, notes=notes,
                      info={"profile": cfg.profile, "model": f"{model_path} (step {ckpt.get('step')})",
                            "code": code_version(), "device": str(device), "self pairs": metrics["pairs"],
                            "ref pairs": metrics["ref_pairs"], "JPEG quality": cfg.eval.jpeg_quality})
@@ -88,8 +89,8 @@ def main(cfg, args) -> None:
         tracker.log_metrics(flat_metrics(metrics), step=0)
         tracker.set_tags({"fid": "unavailable" if "unavailable" in metrics["fid"] else "computed"})
         tracker.log_artifact(reports / "metrics.json")
-        for path in [eval_dir / "report.html", *[p for p in figures.values()]]:
-            tracker.log_artifact(Path(path), "eval")
+        for path in [eval_dir / "report.html", *figures.values(), *grid_files.values()]:
+            tracker.log_artifact(path, "eval")
     summary = {k: metrics[k] for k in ("pairs", "ref_pairs", "paired") if k in metrics}
     summary["swd"] = {k: v for k, v in metrics["swd"].items() if k != "per_level"}
     summary["fid"] = metrics["fid"]

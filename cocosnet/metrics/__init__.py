@@ -1,1 +1,1 @@
-"""Evaluation metrics: paired image metrics and correspondence accuracy."""
+"""Evaluation metrics: SWD and FID (sets), L1/PSNR/SSIM (paired), correspondence accuracy."""
