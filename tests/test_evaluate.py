@@ -154,3 +154,22 @@ def test_compare_ranks_runs_and_lists_only_differing_params():
     assert lines[lines.index(header) + 2].startswith("| 1 | `run1abcd` | cocosnet-demo")
     with pytest.raises(ValueError, match="no run has the metric 'fid.model'"):
         rank_runs(runs, "fid.model")
+
+
+def test_set_metrics_compute_fid_when_a_weights_file_is_given(setup, tmp_path):
+    from tests.test_fid import _random_pytorch_fid_state
+
+    cfg, _, _ = setup
+    weights = tmp_path / "pt_inception.pth"
+    torch.save(_random_pytorch_fid_state(), weights)
+    rng = np.random.default_rng(0)
+    for role in evaluation.ROLES:
+        (tmp_path / "set" / role).mkdir(parents=True)
+        for i in range(4):
+            from PIL import Image
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                tmp_path / "set" / role / f"{i:05d}.jpg")
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, inception_weights=str(weights), swd_size=16))
+    swd, fid = evaluation.set_metrics(cfg, tmp_path / "set", device=torch.device("cpu"))
+    assert fid["images"] == 4 and fid["model"] > 1e-3 and fid["copy_exemplar"] > 1e-3 and "unavailable" not in fid
+    assert swd["resolution"] == 16 and set(swd["per_level"]["model"]) == {"16", "avg"}

@@ -48,7 +48,7 @@ def ssim(a: Tensor, b: Tensor, *, window: int = 11, sigma: float = 1.5) -> Tenso
     g = _gaussian(window, sigma).to(x.device)
     c = x.shape[1]
     kernel = (g[:, None] * g[None, :]).expand(5 * c, 1, window, window)
-    # One grouped convolution over all five maps: about 2x faster on CPU than five calls (bench/metrics.py).
+    # One grouped convolution over all five maps instead of five calls (bench/metrics.py: 1.2-1.9x on CPU).
     blurred = F.conv2d(torch.cat([x, y, x * x, y * y, x * y], dim=1), kernel, groups=5 * c)
     mx, my, sxx, syy, sxy = blurred.split(c, dim=1)
     vx, vy, cxy = sxx - mx ** 2, syy - my ** 2, sxy - mx * my
