@@ -15,7 +15,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-BASELINES = ("model", "copy_exemplar")
 WHO = ("trained", "untrained", "identity")
 
 
@@ -44,7 +43,8 @@ def correspondence_plot(correspondence: dict, path: Path) -> Path:
 
 
 def loss_plot(tables: dict[str, pd.DataFrame], path: Path) -> Path | None:
-    """One panel per training stage; every loss column against step (log scale where positive)."""
+    """One panel per training stage; every loss column against step, on a log axis (symlog when a
+    column goes negative, as the hinge GAN terms do; totals are ~100x the terms)."""
     tables = {k: v for k, v in tables.items() if v is not None and len(v)}
     if not tables:
         return None
@@ -53,10 +53,10 @@ def loss_plot(tables: dict[str, pd.DataFrame], path: Path) -> Path | None:
         for column in table.columns:
             if column != "step":
                 ax.plot(table["step"], table[column], label=column, linewidth=1)
-        values = table.drop(columns="step")
-        # Totals are ~100x the terms and the hinge GAN terms go negative: symlog keeps all readable.
-        ax.set_yscale("log" if (values > 0).all().all() else "symlog", **(
-            {} if (values > 0).all().all() else {"linthresh": 1e-2}))
+        if (table.drop(columns="step") > 0).all().all():
+            ax.set_yscale("log")
+        else:
+            ax.set_yscale("symlog", linthresh=1e-2)
         ax.set_title(stage)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -131,7 +131,8 @@ def _table(header: list[str], rows: list) -> str:
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
 table{border-collapse:collapse;margin:8px 0 20px}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}
-th{background:#f0f0f0}td:first-child{white-space:nowrap}img{max-width:100%;image-rendering:pixelated;border:1px solid #ddd}
+th{background:#f0f0f0}td:first-child{white-space:nowrap}
+img{max-width:100%;image-rendering:pixelated;border:1px solid #ddd}
 .note{background:#fff6d6;border:1px solid #e5c96b;padding:8px 12px;margin:12px 0}
 .meta{color:#555;font-size:90%}"""
 

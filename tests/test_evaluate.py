@@ -55,7 +55,8 @@ def test_evaluate_stage_writes_outputs_metrics_report_and_mlflow(setup, tmp_path
     assert metrics["fid"] == {"unavailable": metrics["fid"]["unavailable"]}
     assert "eval.inception_weights" in metrics["fid"]["unavailable"]
     swd = metrics["swd"]
-    assert set(swd["per_level"]["model"]) == {"64", "32", "16", "avg"} and swd["model"] == swd["per_level"]["model"]["avg"]
+    assert set(swd["per_level"]["model"]) == {"64", "32", "16", "avg"}
+    assert swd["model"] == swd["per_level"]["model"]["avg"]
     corr = metrics["correspondence"]
     assert set(corr["per_level"]) == {"trained", "untrained", "identity"}
     assert set(corr["per_level"]["identity"]) == {"0", "1", "2", "3"}

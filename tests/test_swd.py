@@ -94,7 +94,8 @@ def test_agrees_with_numpy_transcription_given_the_same_draws():
         d = rng.standard_normal((4, 147, 128))
         dirs.append((d / np.sqrt((d ** 2).sum(1, keepdims=True))).astype(np.float32))
     ref = np_swd(real, fake, cr, cf, dirs)
-    ours = swd_from_draws(torch.from_numpy(real), torch.from_numpy(fake), [torch.from_numpy(c) for c in cr], [torch.from_numpy(c) for c in cf],
+    ours = swd_from_draws(torch.from_numpy(real), torch.from_numpy(fake),
+                          [torch.from_numpy(c) for c in cr], [torch.from_numpy(c) for c in cf],
                           [torch.from_numpy(d) for d in dirs], batch_size=2)
     assert list(ours) == ["32", "16", "avg"]
     np.testing.assert_allclose([ours["32"], ours["16"], ours["avg"]], ref, rtol=1e-4)
