@@ -45,6 +45,8 @@ def _cell(value) -> str:
         return "—"
     if isinstance(value, float):
         return f"{value:.4g}"
+    if value == "":
+        return '""'
     return str(value).replace("|", "\\|")
 
 
