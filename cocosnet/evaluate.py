@@ -31,15 +31,13 @@ from cocosnet.data.dataset import PairDataset
 from cocosnet.data.synthetic import surface_path
 from cocosnet.io import Staging
 from cocosnet.metrics.correspondence import endpoint_errors, gt_in_crop, identity_coords, level_gt, summarise
-from cocosnet.metrics.fid import FidUnavailable, file_statistics, frechet_distance, load_inception
-from cocosnet.metrics.images import chunks, list_images, load_image_set
-from cocosnet.metrics.paired import l1, psnr, ssim
-from cocosnet.metrics.swd import sliced_wasserstein
+from cocosnet.metrics.fid import FidUnavailable
+from cocosnet.metrics.images import list_images
+from cocosnet.metrics.scoring import fid_scores, paired_scores, swd_scores
 from cocosnet.models.cocosnet import CoCosNet
 from cocosnet.progress import progress
 from cocosnet.train.samples import sample_grid, to_uint8
 
-PAIRED = {"l1": l1, "psnr": psnr, "ssim": ssim}
 ROLES = ("fake", "real", "exemplar")
 LPIPS_UNAVAILABLE = ("LPIPS is not computed: it needs the PerceptualSimilarity linear heads on a torchvision "
                      "AlexNet/VGG16 backbone, whose weights are not shipped, and this project does not define "
@@ -144,10 +142,6 @@ def _correspondence_errors(cfg, root, table, batch, b, result, untrained, device
     return out
 
 
-def _to_signed(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
 def _role_files(folder: Path) -> dict[str, list[Path]]:
     files = {role: list_images(folder / role) for role in ROLES}
     names = {role: [p.name for p in paths] for role, paths in files.items()}
@@ -156,17 +150,14 @@ def _role_files(folder: Path) -> dict[str, list[Path]]:
     return files
 
 
+def _candidates(files: dict[str, list[Path]]) -> dict[str, list[Path]]:
+    return {"model": files["fake"], "copy_exemplar": files["exemplar"]}
+
+
 def paired_metrics(folder: Path) -> dict:
     """L1 / PSNR / SSIM of fake and of exemplar (the copy baseline) against real, from the JPGs."""
     files = _role_files(folder)
-    sums: dict[str, dict[str, float]] = {name: {"model": 0.0, "copy_exemplar": 0.0} for name in PAIRED}
-    for real_chunk, fake_chunk, ex_chunk in zip(*(chunks(files[r]) for r in ("real", "fake", "exemplar"))):
-        real, fake, exemplar = (_to_signed(load_image_set(c)) for c in (real_chunk, fake_chunk, ex_chunk))
-        for name, fn in PAIRED.items():
-            sums[name]["model"] += float(fn(fake, real).sum())
-            sums[name]["copy_exemplar"] += float(fn(exemplar, real).sum())
-    n = len(files["real"])
-    out: dict = {name: {who: total / n for who, total in d.items()} for name, d in sums.items()}
+    out: dict = paired_scores(files["real"], _candidates(files))
     out["lpips"] = {"unavailable": LPIPS_UNAVAILABLE}
     return out
 
@@ -174,22 +165,17 @@ def paired_metrics(folder: Path) -> dict:
 def set_metrics(cfg: Config, folder: Path, *, device: torch.device) -> tuple[dict, dict]:
     """SWD and FID of fake and of exemplar against real, from the JPGs."""
     files = _role_files(folder)
-    real, fake, exemplar = (load_image_set(files[r], cfg.eval.swd_size) for r in ("real", "fake", "exemplar"))
-    swd_model = sliced_wasserstein(real, fake, seed=cfg.eval.seed, device=device)
-    swd_copy = sliced_wasserstein(real, exemplar, seed=cfg.eval.seed, device=device)
-    swd = {"model": swd_model["avg"], "copy_exemplar": swd_copy["avg"],
-           "per_level": {"model": swd_model, "copy_exemplar": swd_copy},
-           "images": int(len(real)), "resolution": int(real.shape[1]), "seed": cfg.eval.seed}
-    del real, fake, exemplar
+    per_level = swd_scores(files["real"], _candidates(files), size=cfg.eval.swd_size, seed=cfg.eval.seed,
+                           device=device)
+    swd = {who: levels["avg"] for who, levels in per_level.items()}
+    finest = int(next(iter(per_level["model"])))  # levels are listed finest first
+    swd.update(per_level=per_level, images=len(files["real"]), resolution=finest, seed=cfg.eval.seed)
     try:
-        network = load_inception(cfg.eval.inception_weights)
+        fid = fid_scores(files["real"], _candidates(files), weights=cfg.eval.inception_weights, device=device)
     except FidUnavailable as exc:
         return swd, {"unavailable": str(exc)}
-    stats = {r: file_statistics(files[r], network, device=device) for r in ("real", "fake", "exemplar")}
-    fid_metrics = {"model": frechet_distance(*stats["real"], *stats["fake"]),
-                   "copy_exemplar": frechet_distance(*stats["real"], *stats["exemplar"]),
-                   "images": len(files["real"]), "weights": Path(cfg.eval.inception_weights).name}
-    return swd, fid_metrics
+    fid.update(images=len(files["real"]), weights=Path(cfg.eval.inception_weights).name)
+    return swd, fid
 
 
 def correspondence_metrics(errors: dict[str, dict[int, torch.Tensor]]) -> dict:

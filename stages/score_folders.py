@@ -13,31 +13,26 @@ import sys
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from cocosnet.io import atomic_write_json
-from cocosnet.metrics.fid import FidUnavailable, file_statistics, frechet_distance, load_inception
-from cocosnet.metrics.images import list_images, load_folder_pair, load_image_set
-from cocosnet.metrics.paired import l1, psnr, ssim
-from cocosnet.metrics.swd import sliced_wasserstein
+from cocosnet.metrics.fid import FidUnavailable
+from cocosnet.metrics.images import paired_files
+from cocosnet.metrics.scoring import fid_scores, paired_scores, swd_scores
 
 
 def score(real_dir: Path, fake_dir: Path, *, paired: bool, swd_size: int, inception_weights: str,
           seed: int) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    real, fake = load_folder_pair(real_dir, fake_dir)  # checks names, counts, sizes, modes
-    out: dict = {"images": len(real), "size": [int(real.shape[2]), int(real.shape[1])]}
+    real, fake = paired_files(real_dir, fake_dir)
+    candidate = {"fake": fake}
+    with Image.open(real[0]) as first:
+        out: dict = {"images": len(real), "size": list(first.size)}
     if paired:
-        a = torch.from_numpy(fake).permute(0, 3, 1, 2).float() / 127.5 - 1
-        b = torch.from_numpy(real).permute(0, 3, 1, 2).float() / 127.5 - 1
-        out["paired"] = {name: float(fn(a, b).mean()) for name, fn in (("l1", l1), ("psnr", psnr), ("ssim", ssim))}
-    if swd_size:
-        real = load_image_set(list_images(real_dir), swd_size)
-        fake = load_image_set(list_images(fake_dir), swd_size)
-    out["swd"] = sliced_wasserstein(real, fake, seed=seed, device=device)
+        out["paired"] = {name: d["fake"] for name, d in paired_scores(real, candidate).items()}
+    out["swd"] = swd_scores(real, candidate, size=swd_size, seed=seed, device=device)["fake"]
     try:
-        network = load_inception(inception_weights)
-        out["fid"] = frechet_distance(*file_statistics(list_images(real_dir), network, device=device),
-                                      *file_statistics(list_images(fake_dir), network, device=device))
+        out["fid"] = fid_scores(real, candidate, weights=inception_weights, device=device)["fake"]
     except FidUnavailable as exc:
         out["fid"] = {"unavailable": str(exc)}
     return out

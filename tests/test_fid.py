@@ -138,3 +138,22 @@ def test_image_folders_bad_input(tmp_path):
     _save(fake, "b.png", np.zeros((8, 16, 3), np.uint8))
     with pytest.raises(ValueError, match="differs from"):
         load_folder_pair(real, fake)
+
+
+def test_scoring_against_a_reference_and_refusing_mismatched_sets(tmp_path):
+    from cocosnet.metrics.scoring import paired_scores, swd_scores
+
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    for i, image in enumerate(real):
+        _save(tmp_path / "real", f"{i}.png", image)
+        _save(tmp_path / "same", f"{i}.png", image)
+        _save(tmp_path / "small", f"{i}.png", image[:8])
+    files = {name: sorted((tmp_path / name).iterdir()) for name in ("real", "same", "small")}
+    scores = paired_scores(files["real"], {"same": files["same"]})
+    assert scores["l1"]["same"] == 0 and scores["ssim"]["same"] == pytest.approx(1)
+    assert swd_scores(files["real"], {"same": files["same"]}, size=0, seed=0)["same"]["avg"] == 0
+    with pytest.raises(ValueError, match="paired sets must have one size"):
+        paired_scores(files["real"], {"small": files["small"]})
+    with pytest.raises(ValueError, match="small: 2 images, but the reference set has 3"):
+        paired_scores(files["real"], {"small": files["small"][:2]})

@@ -29,7 +29,6 @@ from cocosnet.data.errors import DataError
 
 PAD_VALUE = 232
 KEYPOINT_FRAME = 1024
-SPLIT_LISTS = ("train.txt", "val.txt")
 PAIR_LISTS = ("deepfashion_ref.txt", "deepfashion_ref_test.txt", "deepfashion_self_pair.txt")
 
 

@@ -61,8 +61,8 @@ def chunks(paths: list[Path], size: int = 64):
         yield paths[start:start + size]
 
 
-def load_folder_pair(real: str | Path, fake: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Two folders whose files pair up by name (same names, count and size)."""
+def paired_files(real: str | Path, fake: str | Path) -> tuple[list[Path], list[Path]]:
+    """The image files of two folders that pair up by name (same names and count)."""
     real_files, fake_files = list_images(real), list_images(fake)
     real_names, fake_names = [p.name for p in real_files], [p.name for p in fake_files]
     if real_names != fake_names:
@@ -70,6 +70,12 @@ def load_folder_pair(real: str | Path, fake: str | Path) -> tuple[np.ndarray, np
         only_fake = sorted(set(fake_names) - set(real_names))[:3]
         raise ValueError(f"{real} has {len(real_names)} images and {fake} has {len(fake_names)}; they must pair "
                          f"up by name (only in {real}: {only_real}, only in {fake}: {only_fake})")
+    return real_files, fake_files
+
+
+def load_folder_pair(real: str | Path, fake: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Two folders whose files pair up by name, loaded (same names, count and size)."""
+    real_files, fake_files = paired_files(real, fake)
     a, b = load_image_set(real_files), load_image_set(fake_files)
     if a.shape != b.shape:
         raise ValueError(f"{real} holds {a.shape[2]}x{a.shape[1]} images but {fake} holds "

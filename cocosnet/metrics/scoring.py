@@ -1,0 +1,65 @@
+"""Scoring image files against a reference set, as the evaluate stage and `stages.score_folders` do.
+
+Each function takes the reference files and named candidate sets (e.g. {"model": fake,
+"copy_exemplar": exemplar}) whose files pair up with the reference by position, so the
+reference is read once however many candidates are scored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cocosnet.metrics.fid import file_statistics, frechet_distance, load_inception
+from cocosnet.metrics.images import chunks, load_image_set
+from cocosnet.metrics.paired import l1, psnr, ssim
+from cocosnet.metrics.swd import sliced_wasserstein
+
+PAIRED = {"l1": l1, "psnr": psnr, "ssim": ssim}
+
+
+def _to_signed(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def _check_counts(real: list[Path], candidates: dict[str, list[Path]]) -> None:
+    for who, files in candidates.items():
+        if len(files) != len(real):
+            raise ValueError(f"{who}: {len(files)} images, but the reference set has {len(real)}")
+
+
+def paired_scores(real: list[Path], candidates: dict[str, list[Path]]) -> dict[str, dict[str, float]]:
+    """{metric: {who: mean over pairs}} for L1 / PSNR / SSIM, reading the files a chunk at a time."""
+    _check_counts(real, candidates)
+    sums = {name: dict.fromkeys(candidates, 0.0) for name in PAIRED}
+    batches = zip(chunks(real), *(chunks(files) for files in candidates.values()))
+    for real_chunk, *candidate_chunks in batches:
+        reference = load_image_set(real_chunk)
+        for who, chunk in zip(candidates, candidate_chunks):
+            images = load_image_set(chunk)
+            if images.shape != reference.shape:
+                raise ValueError(f"{chunk[0]} is {images.shape[2]}x{images.shape[1]} but {real_chunk[0]} is "
+                                 f"{reference.shape[2]}x{reference.shape[1]}; paired sets must have one size")
+            for name, fn in PAIRED.items():
+                sums[name][who] += float(fn(_to_signed(images), _to_signed(reference)).sum())
+    return {name: {who: total / len(real) for who, total in d.items()} for name, d in sums.items()}
+
+
+def swd_scores(real: list[Path], candidates: dict[str, list[Path]], *, size: int, seed: int,
+               device: torch.device | str = "cpu") -> dict[str, dict[str, float]]:
+    """{who: {"<resolution>": ..., "avg": ...}}; size > 0 resizes every image first."""
+    _check_counts(real, candidates)
+    reference = load_image_set(real, size)
+    return {who: sliced_wasserstein(reference, load_image_set(files, size), seed=seed, device=device)
+            for who, files in candidates.items()}
+
+
+def fid_scores(real: list[Path], candidates: dict[str, list[Path]], *, weights: str,
+               device: torch.device | str = "cpu") -> dict[str, float]:
+    """{who: FID against real}; raises FidUnavailable without a usable weights file."""
+    network = load_inception(weights)
+    reference = file_statistics(real, network, device=device)
+    return {who: frechet_distance(*reference, *file_statistics(files, network, device=device))
+            for who, files in candidates.items()}
