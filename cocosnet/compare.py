@@ -11,14 +11,22 @@ import math
 
 import pandas as pd
 
-DEFAULT_METRIC = "swd.model"
-SUMMARY_METRICS = ("swd.model", "fid.model", "paired.ssim.model", "paired.psnr.model", "paired.l1.model",
-                   "correspondence.epe_px.trained", "correspondence.acc_3px.trained")
-HIGHER_IS_BETTER = ("ssim", "psnr", "acc_")
+from cocosnet.metrics.schema import DEFAULT_RANKING, SUMMARY_METRICS, better
+
+# Characters that would change how a copied MLflow value renders in Markdown.
+_MARKDOWN = str.maketrans({c: "\\" + c for c in "\\`*_[]<>|#"} | {"\n": " ", "\r": " "})
 
 
 def higher_is_better(metric: str) -> bool:
-    return any(token in metric for token in HIGHER_IS_BETTER)
+    try:
+        return better(metric) == "higher"
+    except ValueError as exc:
+        raise ValueError(f"{exc}; say which way is better with --direction higher|lower") from None
+
+
+def escape(text: str) -> str:
+    """`text` as literal Markdown table-cell text."""
+    return str(text).translate(_MARKDOWN)
 
 
 def differing_params(runs: pd.DataFrame) -> list[str]:
@@ -27,7 +35,7 @@ def differing_params(runs: pd.DataFrame) -> list[str]:
     return sorted(c for c in cols if runs[c].fillna("<unset>").astype(str).nunique() > 1)
 
 
-def rank_runs(runs: pd.DataFrame, metric: str = DEFAULT_METRIC, *, higher: bool | None = None) -> pd.DataFrame:
+def rank_runs(runs: pd.DataFrame, metric: str = DEFAULT_RANKING, *, higher: bool | None = None) -> pd.DataFrame:
     """Evaluate runs sorted best first by `metrics.<metric>`; runs without it go last."""
     column = f"metrics.{metric}"
     if column not in runs.columns:
@@ -47,7 +55,7 @@ def _cell(value) -> str:
         return f"{value:.4g}"
     if value == "":
         return '""'
-    return str(value).replace("|", "\\|")
+    return escape(value)
 
 
 def to_markdown(ranked: pd.DataFrame, metric: str, *, higher: bool | None = None,
@@ -57,7 +65,8 @@ def to_markdown(ranked: pd.DataFrame, metric: str, *, higher: bool | None = None
         return f"# Experiment comparison\n\nNo evaluate runs with `{metric}` were found.\n"
     params = differing_params(ranked)
     metrics = [metric] + [m for m in SUMMARY_METRICS if m != metric and f"metrics.{m}" in ranked.columns]
-    header = ["rank", "run", "experiment", "started"] + metrics + [p.removeprefix("params.") for p in params]
+    header = ["rank", "run", "experiment", "started"] + [escape(m) for m in metrics] + [
+        escape(p.removeprefix("params.")) for p in params]
     rows = []
     for i, run in ranked.iterrows():
         experiment = (experiment_names or {}).get(run.get("experiment_id"), run.get("experiment_id", ""))
@@ -66,7 +75,7 @@ def to_markdown(ranked: pd.DataFrame, metric: str, *, higher: bool | None = None
                     + [_cell(run.get(f"metrics.{m}")) for m in metrics] + [_cell(run.get(p)) for p in params])
     lines = [
         "# Experiment comparison", "",
-        f"{len(ranked)} evaluate runs ranked by `{metric}` ({'higher' if higher else 'lower'} is better). "
+        f"{len(ranked)} evaluate runs ranked by {escape(metric)} ({'higher' if higher else 'lower'} is better). "
         + (f"Params that differ between them: {len(params)}." if params else "All their params are equal."), "",
         "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
     ]

@@ -11,66 +11,110 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from cocosnet.errors import CocosnetError
 
-class ConfigError(ValueError):
+
+class ConfigError(CocosnetError, ValueError):
     """A params file that does not match the config schema."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """The allowed values of one key: a range (either end open or closed), plus `also` values outside it."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    also: tuple = ()
+    nonempty: bool = False  # for strings
+
+    def ok(self, value: Any) -> bool:
+        if self.nonempty:
+            return value != ""
+        if value in self.also:
+            return True
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return not (self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi))
+
+    def __str__(self) -> str:
+        if self.nonempty:
+            return "a non-empty string"
+        if self.lo is not None and self.hi is not None:
+            text = f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+        elif self.lo is not None:
+            text = f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        else:
+            text = f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        return text + "".join(f" or {v!r}" for v in self.also)
+
+
+def check(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False,
+          also: tuple = (), nonempty: bool = False):
+    """A dataclass field whose values `_build` checks (for tuples: each item)."""
+    return field(metadata={"check": Check(lo, hi, lo_open, hi_open, also, nonempty)})
+
+
+POSITIVE = dict(lo=0, lo_open=True)
+FRACTION = dict(lo=0, hi=1, hi_open=True)  # [0, 1): Adam betas, EMA decay, the val share
 
 
 @dataclass(frozen=True)
 class DataConfig:
     source: Literal["synthetic", "deepfashion"]
-    root: str  # data root holding img/, pose/ and the lists
-    processed: str  # where prepare/render_keypoints/build_pairs write
-    load_size: int  # images and labels are cached at load_size x load_size
-    crop_size: int  # the working resolution; random crops of load_size
+    root: str = check(nonempty=True)  # data root holding img/, pose/ and the lists
+    processed: str = check(nonempty=True)  # where prepare/render_keypoints/build_pairs write
+    load_size: int = check(8)  # images and labels are cached at load_size x load_size
+    crop_size: int = check(8)  # the working resolution; random crops of load_size
     on_bad_sample: Literal["error", "skip"]
-    workers: int  # processes for rendering; 0 = all cores
+    workers: int = check(0)  # processes for rendering; 0 = all cores
 
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    num_identities: int
-    views_per_identity: int
-    image_width: int
-    image_height: int
-    val_fraction: float
-    jpeg_quality: int
-    seed: int
+    num_identities: int = check(2)
+    views_per_identity: int = check(2)
+    image_width: int = check(16)
+    image_height: int = check(16)
+    val_fraction: float = check(**FRACTION)
+    jpeg_quality: int = check(1, 100)
+    seed: int = check(0)
 
 
 @dataclass(frozen=True)
 class AlignConfig:
-    widths: tuple[int, ...]  # output widths at 1/8, 1/4, 1/2, 1/1 (official 128, 128, 64, 32)
-    match_channels: int
-    spade_hidden: int
+    widths: tuple[int, ...] = check(1)  # output widths at 1/8, 1/4, 1/2, 1/1 (official 128, 128, 64, 32)
+    match_channels: int = check(1)
+    spade_hidden: int = check(1)
 
 
 @dataclass(frozen=True)
 class CorrespondenceConfig:
-    num_candidates: int
-    iters: int
-    gru_hidden: int
-    temperature: float
+    num_candidates: int = check(1)
+    iters: int = check(1)
+    gru_hidden: int = check(1)
+    temperature: float = check(**POSITIVE)
 
 
 @dataclass(frozen=True)
 class GeneratorConfig:
-    ngf: int
-    head_width: int
-    spade_hidden: int
+    ngf: int = check(1)
+    head_width: int = check(1)
+    spade_hidden: int = check(1)
 
 
 @dataclass(frozen=True)
 class DiscriminatorConfig:
-    ndf: int
-    n_layers: int
-    num_d: int
+    ndf: int = check(1)
+    n_layers: int = check(1)
+    num_d: int = check(1)
 
 
 @dataclass(frozen=True)
@@ -85,36 +129,36 @@ class ModelConfig:
 class LossWeights:
     """One weight per loss term; the names are the loss keys and the MLflow metric names."""
 
-    feat_align: float
-    warp_self: float
-    warp_cycle: float
-    gan: float
-    gan_feat: float
-    fm: float
-    perceptual: float
-    contextual: float
+    feat_align: float = check(0)
+    warp_self: float = check(0)
+    warp_cycle: float = check(0)
+    gan: float = check(0)
+    gan_feat: float = check(0)
+    fm: float = check(0)
+    perceptual: float = check(0)
+    contextual: float = check(0)
 
 
 @dataclass(frozen=True)
 class VGGConfig:
-    weights: str  # a path to VGG19 weights, or "random" (explicit opt-in)
+    weights: str = check(nonempty=True)  # a path to VGG19 weights, or "random" (explicit opt-in)
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
     """Correspondence pretraining: alignment, warp and cycle losses only."""
 
-    steps: int
-    batch_size: int  # global, over all ranks
-    lr: float
-    beta1: float
-    beta2: float
-    checkpoint_every: int
-    keep_last: int
-    log_every: int
-    sample_every: int
-    workers: int  # DataLoader workers
-    seed: int
+    steps: int = check(1)
+    batch_size: int = check(1)  # global, over all ranks
+    lr: float = check(**POSITIVE)
+    beta1: float = check(**FRACTION)
+    beta2: float = check(**FRACTION)
+    checkpoint_every: int = check(1)
+    keep_last: int = check(1)
+    log_every: int = check(1)
+    sample_every: int = check(1)
+    workers: int = check(0)  # DataLoader workers
+    seed: int = check(0)
 
 
 @dataclass(frozen=True)
@@ -122,33 +166,33 @@ class TrainConfig:
     """Full GAN training, initialised from the pretrain checkpoint. TTUR holds for the whole run:
     G at lr / 2 and D at 2 lr, betas (beta1, beta2)."""
 
-    steps: int
-    batch_size: int
-    lr: float
-    beta1: float
-    beta2: float
-    g_eps: float  # Adam eps of G (official 1.0e-3)
-    decay_start: int  # linear LR decay to 0 from this step to the end; < 0 = constant
-    grad_clip: float  # max gradient norm; 0 = off
-    ema_decay: float  # EMA of G's weights; 0 = off
+    steps: int = check(1)
+    batch_size: int = check(1)
+    lr: float = check(**POSITIVE)
+    beta1: float = check(**FRACTION)
+    beta2: float = check(**FRACTION)
+    g_eps: float = check(**POSITIVE)  # Adam eps of G (official 1.0e-3)
+    decay_start: int = check(-1)  # linear LR decay to 0 from this step to the end; < 0 = constant
+    grad_clip: float = check(0)  # max gradient norm; 0 = off
+    ema_decay: float = check(**FRACTION)  # EMA of G's weights; 0 = off
     amp: bool  # autocast on CUDA (never on CPU)
     amp_dtype: Literal["bfloat16", "float16"]
     flip: bool
-    checkpoint_every: int
-    keep_last: int
-    log_every: int
-    sample_every: int
-    workers: int
-    seed: int
+    checkpoint_every: int = check(1)
+    keep_last: int = check(1)
+    log_every: int = check(1)
+    sample_every: int = check(1)
+    workers: int = check(0)
+    seed: int = check(0)
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    max_pairs: int  # val pairs evaluated per kind, self and ref (0 = all)
-    batch_size: int
-    seed: int  # seeds the untrained baseline model, PatchMatch and SWD draws
-    jpeg_quality: int  # outputs are scored as JPG, as in the CoCosNet FID protocol
-    swd_size: int  # SWD reads images at this size (CoCosNet's script: 256); 0 = as generated
+    max_pairs: int = check(0)  # val pairs evaluated per kind, self and ref (0 = all)
+    batch_size: int = check(1)
+    seed: int = check(0)  # seeds the untrained baseline model, PatchMatch and SWD draws
+    jpeg_quality: int = check(1, 100)  # outputs are scored as JPG, as in the CoCosNet FID protocol
+    swd_size: int = check(16, also=(0,))  # SWD reads images at this size (CoCosNet's script: 256); 0 = as generated
     inception_weights: str  # pytorch-fid Inception file; "" = FID reported unavailable
 
 
@@ -233,7 +277,15 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     if missing:
         keys = ", ".join(f"{prefix}.{k}" if prefix else k for k in missing)
         raise ConfigError(f"missing key(s): {keys}")
-    return cls(**{n: _convert(raw[n], hints[n], f"{prefix}.{n}" if prefix else n) for n in names})
+    values = {}
+    for f in fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        values[f.name] = value = _convert(raw[f.name], hints[f.name], key)
+        rule = f.metadata.get("check")
+        for item in (value if isinstance(value, tuple) else (value,)):
+            if rule is not None and not rule.ok(item):
+                raise ConfigError(f"{key}: expected {rule}, got {value!r}")
+    return cls(**values)
 
 
 def config_from_dict(raw: dict) -> Config:
@@ -251,16 +303,9 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError(f"data.crop_size ({d.crop_size}) must be divisible by 8 (4 pyramid levels)")
     if len(cfg.model.align.widths) != 4:
         raise ConfigError(f"model.align.widths must list 4 levels, got {list(cfg.model.align.widths)}")
-    if cfg.model.correspondence.num_candidates < 1:
-        raise ConfigError("model.correspondence.num_candidates must be >= 1")
-    for name, section in (("pretrain", cfg.pretrain), ("train", cfg.train)):
-        for key in ("steps", "batch_size", "checkpoint_every", "keep_last", "log_every", "sample_every"):
-            if getattr(section, key) < 1:
-                raise ConfigError(f"{name}.{key} must be >= 1, got {getattr(section, key)}")
-    if cfg.synthetic.views_per_identity < 2:
-        raise ConfigError("synthetic.views_per_identity must be >= 2 to form self pairs")
-    if not 0.0 <= cfg.synthetic.val_fraction < 1.0:
-        raise ConfigError("synthetic.val_fraction must be in [0, 1)")
+    if cfg.train.decay_start >= cfg.train.steps:
+        raise ConfigError(f"train.decay_start ({cfg.train.decay_start}) must be < train.steps ({cfg.train.steps}), "
+                          "or -1 for a constant LR")
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -15,6 +15,7 @@ The baseline "copy_exemplar" scores the exemplar itself as the output.
 
 from __future__ import annotations
 
+import io
 import shutil
 from collections import defaultdict
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from torch.utils.data import DataLoader
 from cocosnet.config import Config
 from cocosnet.data.dataset import PairDataset
 from cocosnet.data.synthetic import surface_path
-from cocosnet.io import Staging
+from cocosnet.io import Staging, atomic_write
 from cocosnet.metrics.correspondence import endpoint_errors, gt_in_crop, identity_coords, level_gt, summarise
 from cocosnet.metrics.fid import FidUnavailable
 from cocosnet.metrics.images import list_images
@@ -60,9 +61,9 @@ class Generated:
 
 
 def _save_jpg(array: np.ndarray, path: Path, quality: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(array).save(tmp, format="JPEG", quality=quality)
-    tmp.replace(path)
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="JPEG", quality=quality)
+    atomic_write(path, buf.getvalue())
 
 
 @torch.no_grad()
@@ -75,7 +76,8 @@ def generate(cfg: Config, trained: CoCosNet, untrained: CoCosNet | None, table: 
     spec = {"model": fingerprint, "pairs": table[["target", "exemplar"]].values.tolist(),
             "quality": cfg.eval.jpeg_quality, "seed": cfg.eval.seed, "batch": cfg.eval.batch_size,
             "crop": cfg.data.crop_size}
-    staging = Staging(out, spec)
+    # Staged beside the tracked outputs folder, not inside it, so a failed run leaves DVC's output unmodified.
+    staging = Staging(out, spec, path=out.parent.with_name(out.parent.name + ".partial") / out.name)
     for role in ROLES:
         (staging.path / role).mkdir(exist_ok=True)
     (staging.path / "corr").mkdir(exist_ok=True)
@@ -169,7 +171,10 @@ def set_metrics(cfg: Config, folder: Path, *, device: torch.device) -> tuple[dic
                            device=device)
     swd = {who: levels["avg"] for who, levels in per_level.items()}
     finest = int(next(iter(per_level["model"])))  # levels are listed finest first
-    swd.update(per_level=per_level, images=len(files["real"]), resolution=finest, seed=cfg.eval.seed)
+    shared = swd_scores(files["real"], _candidates(files), size=cfg.eval.swd_size, seed=cfg.eval.seed,
+                        device=device, independent_draws=False)
+    swd.update(per_level=per_level, images=len(files["real"]), resolution=finest, seed=cfg.eval.seed,
+               shared_draws={who: levels["avg"] for who, levels in shared.items()})
     try:
         fid = fid_scores(files["real"], _candidates(files), weights=cfg.eval.inception_weights, device=device)
     except FidUnavailable as exc:

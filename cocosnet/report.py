@@ -15,7 +15,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-WHO = ("trained", "untrained", "identity")
+from cocosnet.io import atomic_save, atomic_write  # noqa: E402
+from cocosnet.metrics.schema import CORRESPONDENCE_WHO, LABELS, PAIRED, SET  # noqa: E402
+
+WHO = CORRESPONDENCE_WHO
 
 
 def correspondence_plot(correspondence: dict, path: Path) -> Path:
@@ -36,8 +39,7 @@ def correspondence_plot(correspondence: dict, path: Path) -> Path:
     axes[1].set_ylim(0, 1)
     axes[0].legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    atomic_save(path, lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)
     return path
 
@@ -62,8 +64,7 @@ def loss_plot(tables: dict[str, pd.DataFrame], path: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    atomic_save(path, lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)
     return path
 
@@ -89,27 +90,30 @@ def _fmt(value) -> str:
 def metrics_rows(metrics: dict) -> list[tuple[str, str, str, str]]:
     """(metric, better, model, copy_exemplar) rows for the table."""
     rows = []
-    better = {"l1": "lower", "psnr": "higher", "ssim": "higher", "lpips": "lower"}
     for name, values in metrics.get("paired", {}).items():
+        title = f"{LABELS[name]} (self pairs)"
         if "unavailable" in values:
-            rows.append((f"{name.upper()} (self pairs)", better.get(name, ""), "unavailable", values["unavailable"]))
+            rows.append((title, PAIRED[name], "unavailable", values["unavailable"]))
         else:
-            rows.append((f"{name.upper()} (self pairs)", better.get(name, ""),
-                         _fmt(values["model"]), _fmt(values["copy_exemplar"])))
+            rows.append((title, PAIRED[name], _fmt(values["model"]), _fmt(values["copy_exemplar"])))
     swd = metrics.get("swd", {})
     if "unavailable" in swd:
-        rows.append(("SWD x1e3 (ref pairs)", "lower", "unavailable", swd["unavailable"]))
+        rows.append((f"{LABELS['swd']} (ref pairs)", SET["swd"], "unavailable", swd["unavailable"]))
     elif swd:
-        rows.append(("SWD x1e3, avg (ref pairs)", "lower", _fmt(swd["model"]), _fmt(swd["copy_exemplar"])))
+        rows.append((f"{LABELS['swd']}, avg (ref pairs)", SET["swd"], _fmt(swd["model"]), _fmt(swd["copy_exemplar"])))
         for level in swd["per_level"]["model"]:
             if level != "avg":
-                rows.append((f"SWD x1e3 at {level} px", "lower", _fmt(swd["per_level"]["model"][level]),
+                rows.append((f"{LABELS['swd']} at {level} px", SET["swd"], _fmt(swd["per_level"]["model"][level]),
                              _fmt(swd["per_level"]["copy_exemplar"][level])))
+        if "shared_draws" in swd:
+            shared = swd["shared_draws"]
+            rows.append((f"{LABELS['swd']}, avg, shared draws (not the protocol)", SET["swd"],
+                         _fmt(shared["model"]), _fmt(shared["copy_exemplar"])))
     fid = metrics.get("fid", {})
     if "unavailable" in fid:
-        rows.append(("FID (ref pairs)", "lower", "unavailable", fid["unavailable"]))
+        rows.append((f"{LABELS['fid']} (ref pairs)", SET["fid"], "unavailable", fid["unavailable"]))
     elif fid:
-        rows.append(("FID (ref pairs)", "lower", _fmt(fid["model"]), _fmt(fid["copy_exemplar"])))
+        rows.append((f"{LABELS['fid']} (ref pairs)", SET["fid"], _fmt(fid["model"]), _fmt(fid["copy_exemplar"])))
     return rows
 
 
@@ -161,8 +165,5 @@ def write_report(path: Path, metrics: dict, *, figures: dict[str, Path], grids: 
     for title, image in grids.items():
         parts.append(f"<h2>{html.escape(title)}</h2>{_img_tag(image, title, zoom=2)}")
     parts.append("</body></html>")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, "\n".join(parts))
     return path

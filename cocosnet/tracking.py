@@ -13,13 +13,25 @@ a warning is printed once and tracking switches off for the run.
 from __future__ import annotations
 
 import os
+import subprocess
 import warnings
 from dataclasses import asdict
 from pathlib import Path
 
+from cocosnet import __version__
 from cocosnet.config import Config, flatten
 
 PIPELINE_ENV = "COCOSNET_PIPELINE_RUN"
+
+
+def code_version() -> str:
+    """`<version>+<git sha>` for the run's tags (never written into model files: they stay byte-reproducible)."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
 
 
 def tracking_uri(cfg: Config, repo_root: Path) -> str:
@@ -29,10 +41,9 @@ def tracking_uri(cfg: Config, repo_root: Path) -> str:
 class Tracker:
     """Start with `with Tracker(cfg, stage, ...) as t:`; every method is safe to call when disabled."""
 
-    def __init__(self, cfg: Config, stage: str, *, device: str, git_sha: str, repo_root: Path = Path("."),
-                 enabled: bool = True):
+    def __init__(self, cfg: Config, stage: str, *, device: str, repo_root: Path = Path("."), enabled: bool = True):
         self.cfg, self.stage, self.enabled = cfg, stage, enabled
-        self.tags = {"stage": stage, "device": device, "git_sha": git_sha, "profile": cfg.profile,
+        self.tags = {"stage": stage, "device": device, "git_sha": code_version(), "profile": cfg.profile,
                      "vgg_weights": "random" if cfg.vgg.weights == "random" else Path(cfg.vgg.weights).name}
         self.uri = tracking_uri(cfg, repo_root)
         self.experiment = cfg.tracking.experiment or f"cocosnet-{cfg.profile}"

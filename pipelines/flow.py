@@ -15,13 +15,23 @@ import subprocess
 import time
 from pathlib import Path
 
+import yaml
 from prefect import flow, get_run_logger, task
 
-STAGES = ("synthesize", "prepare", "render_keypoints", "build_pairs", "pretrain", "train", "evaluate")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def dvc_stages(dvc_file: Path = REPO / "dvc.yaml") -> tuple[str, ...]:
+    """The stage names of dvc.yaml in file order, which is a graph order (a test checks it)."""
+    return tuple(yaml.safe_load(dvc_file.read_text(encoding="utf-8"))["stages"])
+
+
+STAGES = dvc_stages()
 # Data stages are idempotent and cheap to redo; training stages resume from their
 # checkpoints, so a retry would not lose work, but a failing multi-hour run should
 # stop and be looked at rather than silently run again.
-RETRIES = {"synthesize": 2, "prepare": 2, "render_keypoints": 2, "build_pairs": 2, "evaluate": 1}
+TRAINING = ("pretrain", "train")
+RETRIES = {stage: 0 if stage in TRAINING else 2 for stage in STAGES}
 
 
 def run_dvc_stage(stage: str, params_file: Path, repo: Path) -> str:
@@ -39,7 +49,7 @@ def run_dvc_stage(stage: str, params_file: Path, repo: Path) -> str:
 
 
 def _stage_task(stage: str):
-    @task(name=stage, retries=RETRIES.get(stage, 0), retry_delay_seconds=[2, 5, 15][:RETRIES.get(stage, 0)] or 0)
+    @task(name=stage, retries=RETRIES[stage], retry_delay_seconds=[2, 5, 15][:RETRIES[stage]] or 0)
     def run(params_file: Path, repo: Path) -> str:
         out = run_dvc_stage(stage, params_file, repo)
         get_run_logger().info("%s: %s", stage, out.strip().splitlines()[-1] if out.strip() else "done")

@@ -10,7 +10,7 @@ from cocosnet.data.pairs import build_pairs
 from cocosnet.data.pose import read_openpose, render_pose_label
 from cocosnet.data.deepfashion import pose_paths
 from cocosnet.data.processing import MANIFEST, Manifest
-from cocosnet.io import atomic_write_bytes, atomic_write_json
+from cocosnet.io import atomic_write, atomic_write_json
 from stages.common import run_stage
 
 
@@ -24,14 +24,14 @@ def main(cfg, args) -> None:
                                 + summary["skipped_list_entries"])
     buf = io.BytesIO()
     table.to_parquet(buf, index=False)
-    atomic_write_bytes(processed / "pairs.parquet", buf.getvalue())
+    atomic_write(processed / "pairs.parquet", buf.getvalue())
     reports = Path(args.reports)
     atomic_write_json(reports / "summary.json", summary)
     sheet = contact_sheet(table[table["split"] == "val"], root,
                           lambda rel: render_pose_label(read_openpose(*pose_paths(root, rel))))
     out = io.BytesIO()
     sheet.save(out, format="PNG")
-    atomic_write_bytes(reports / "contact_sheet.png", out.getvalue())
+    atomic_write(reports / "contact_sheet.png", out.getvalue())
     print(f"build_pairs: {len(table)} pairs {summary['pairs']} -> {processed / 'pairs.parquet'}")
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cocosnet.compare import DEFAULT_METRIC, rank_runs, to_markdown
-from cocosnet.io import atomic_write_text
+from cocosnet.compare import rank_runs, to_markdown
+from cocosnet.io import atomic_write
+from cocosnet.metrics.schema import DEFAULT_RANKING
 from cocosnet.tracking import experiment_names, search_runs, tracking_uri
 from stages.common import run_stage
 
@@ -21,12 +22,12 @@ def main(cfg, args) -> None:
     ranked = rank_runs(runs, args.metric, higher=higher)
     names = experiment_names(uri)
     out = Path(args.out)
-    atomic_write_text(out, to_markdown(ranked, args.metric, higher=higher, experiment_names=names))
+    atomic_write(out, to_markdown(ranked, args.metric, higher=higher, experiment_names=names))
     print(f"{len(ranked)} runs ranked by {args.metric} -> {out}")
 
 
 def add_args(parser) -> None:
-    parser.add_argument("--metric", default=DEFAULT_METRIC, help="MLflow metric name, e.g. paired.ssim.model")
+    parser.add_argument("--metric", default=DEFAULT_RANKING, help="MLflow metric name, e.g. paired.ssim.model")
     parser.add_argument("--direction", choices=("auto", "higher", "lower"), default="auto",
                         help="which way is better (auto: ssim/psnr/acc higher, everything else lower)")
     parser.add_argument("--experiment", action="append", help="MLflow experiment name (repeatable; default all)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -10,43 +9,15 @@ import pandas as pd
 import torch
 
 from cocosnet.evaluate import evaluate
-from cocosnet.io import atomic_write_json
+from cocosnet.io import atomic_save, atomic_write_json, sha256_file
+from cocosnet.metrics.schema import flat_metrics
 from cocosnet.models.cocosnet import CoCosNet
 from cocosnet.report import correspondence_plot, loss_plot, read_losses, write_report
 from cocosnet.tracking import Tracker
-from cocosnet.train.checkpoint import code_version
-from cocosnet.train.loop import load_model
+from cocosnet.train.checkpoint import load_model
 from stages.common import run_stage
 
 GRID_CAPTION = "columns: exemplar | pose | warp at each level (coarse to fine) | output | target"
-
-
-def flat_metrics(metrics: dict) -> dict[str, float]:
-    """The numeric leaves of metrics.json as MLflow metric names (dots kept, levels as `level<N>`)."""
-    flat: dict[str, float] = {}
-    for name, d in metrics.get("paired", {}).items():
-        flat.update({f"paired.{name}.{who}": v for who, v in d.items() if who in ("model", "copy_exemplar")})
-    for group in ("swd", "fid"):
-        d = metrics.get(group, {})
-        flat.update({f"{group}.{who}": d[who] for who in ("model", "copy_exemplar") if who in d})
-    for who, levels in metrics.get("swd", {}).get("per_level", {}).items():
-        flat.update({f"swd.{res}px.{who}": v for res, v in levels.items() if res != "avg"})
-    corr = metrics.get("correspondence", {})
-    for key in ("epe_px", "acc_1px", "acc_3px"):
-        flat.update({f"correspondence.{key}.{who}": v for who, v in corr.get(key, {}).items()})
-    for who, levels in corr.get("per_level", {}).items():
-        for level, d in levels.items():
-            flat.update({f"correspondence.level{level}.{key}.{who}": d[key] for key in ("epe_px", "acc_1px", "acc_3px")
-                         if d["pixels"]})
-    return flat
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def main(cfg, args) -> None:
@@ -58,9 +29,9 @@ def main(cfg, args) -> None:
     pairs = pd.read_parquet(Path(cfg.data.processed) / "pairs.parquet")
     reports = Path(args.reports)
     eval_dir = reports / "eval"
-    with Tracker(cfg, "evaluate", device=str(device), git_sha=code_version()) as tracker:
+    with Tracker(cfg, "evaluate", device=str(device)) as tracker:
         metrics, grids = evaluate(cfg, trained, untrained, pairs, device=device, outputs=Path(args.outputs),
-                                  fingerprint=file_sha256(model_path))
+                                  fingerprint=sha256_file(model_path))
         metrics["vgg_weights"] = cfg.vgg.weights
         figures: dict = {}
         if "correspondence" in metrics:
@@ -73,7 +44,7 @@ def main(cfg, args) -> None:
         grid_files = {}
         for kind, grid in grids.items():
             path = eval_dir / ("samples.png" if kind == "self" else f"samples_{kind}.png")
-            grid.save(path)
+            atomic_save(path, lambda f, grid=grid: grid.save(f, format="PNG"))
             grid_files[f"Samples, val {kind} pairs ({GRID_CAPTION})"] = path
         notes = []
         if cfg.vgg.weights == "random":
@@ -83,7 +54,7 @@ def main(cfg, args) -> None:
             notes.append(f"FID unavailable: {metrics['fid']['unavailable']}")
         write_report(eval_dir / "report.html", metrics, figures=figures, grids=grid_files, notes=notes,
                      info={"profile": cfg.profile, "model": f"{model_path} (step {ckpt.get('step')})",
-                           "code": code_version(), "device": str(device), "self pairs": metrics["pairs"],
+                           "device": str(device), "self pairs": metrics["pairs"],
                            "ref pairs": metrics["ref_pairs"], "JPEG quality": cfg.eval.jpeg_quality})
         atomic_write_json(reports / "metrics.json", metrics)
         tracker.log_metrics(flat_metrics(metrics), step=0)

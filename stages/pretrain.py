@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cocosnet.train.inputs import PRETRAIN
+from cocosnet.train.loop import RunPaths
 from stages.common import run_stage
 from stages.training import train_stage
 
 
 def main(cfg, args) -> None:
-    train_stage(cfg, "pretrain", pairs=Path(cfg.data.processed) / "pairs.parquet",
-                ckpt_dir=Path("checkpoints/pretrain"), out_model=Path("models/pretrain.pt"),
-                reports=Path("reports/pretrain"))
+    train_stage(cfg, PRETRAIN, RunPaths(ckpt_dir=Path("checkpoints/pretrain"), out_model=Path("models/pretrain.pt"),
+                                        reports=Path("reports/pretrain")))
 
 
 if __name__ == "__main__":

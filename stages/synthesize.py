@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cocosnet.config import ConfigError
 from cocosnet.data.synthetic import SyntheticSpec, generate
-from cocosnet.io import atomic_write_text
+from cocosnet.io import atomic_write
 from stages.common import run_stage
 
 
@@ -20,7 +20,7 @@ def main(cfg, args) -> None:
     if cfg.data.source != "synthetic":
         # The stage stays in the graph; with real data it leaves only a note.
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "NOT_GENERATED.txt", f"data.source is {cfg.data.source}; nothing synthesized.\n")
+        atomic_write(out / "NOT_GENERATED.txt", f"data.source is {cfg.data.source}; nothing synthesized.\n")
         return
     spec = SyntheticSpec(**asdict(cfg.synthetic))
     summary = generate(spec, out, workers=cfg.data.workers or os.cpu_count() or 1)

@@ -1,20 +1,22 @@
 """Stage `train`: the full GAN, initialised from models/pretrain.pt.
 
-Resumes from checkpoints/train/ after an interruption. Works under torchrun (DDP).
+Resumes from checkpoints/train/ after an interruption (only a checkpoint trained
+from this very models/pretrain.pt, data and params). Works under torchrun (DDP).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from cocosnet.train.inputs import TRAIN
+from cocosnet.train.loop import RunPaths
 from stages.common import run_stage
 from stages.training import train_stage
 
 
 def main(cfg, args) -> None:
-    train_stage(cfg, "train", pairs=Path(cfg.data.processed) / "pairs.parquet",
-                ckpt_dir=Path("checkpoints/train"), out_model=Path("models/train.pt"),
-                reports=Path("reports/train"), init=Path("models/pretrain.pt"))
+    train_stage(cfg, TRAIN, RunPaths(ckpt_dir=Path("checkpoints/train"), out_model=Path("models/train.pt"),
+                                     reports=Path("reports/train"), init=Path("models/pretrain.pt")))
 
 
 if __name__ == "__main__":

@@ -8,23 +8,22 @@ import pandas as pd
 
 from cocosnet.config import Config
 from cocosnet.tracking import Tracker
-from cocosnet.train.checkpoint import code_version
 from cocosnet.train.distributed import setup, teardown
-from cocosnet.train.loop import run_training
+from cocosnet.train.inputs import StageSpec
+from cocosnet.train.loop import RunPaths, run_training
 
 
-def train_stage(cfg: Config, stage: str, *, pairs: Path, ckpt_dir: Path, out_model: Path, reports: Path,
-                init: Path | None = None) -> None:
+def train_stage(cfg: Config, spec: StageSpec, paths: RunPaths) -> None:
     info = setup()
     try:
-        table = pd.read_parquet(pairs)
-        with Tracker(cfg, stage, device=str(info.device), git_sha=code_version(), enabled=info.is_main) as tracker:
-            metrics, _ = run_training(cfg, stage, table, ckpt_dir=ckpt_dir, out_model=out_model, reports=reports,
-                                   info=info, init=init, log=tracker.log_metrics, artifact=tracker.log_artifact)
+        table = pd.read_parquet(Path(cfg.data.processed) / "pairs.parquet")
+        with Tracker(cfg, spec.name, device=str(info.device), enabled=info.is_main) as tracker:
+            metrics, _ = run_training(cfg, spec, table, paths, info=info, log=tracker.log_metrics,
+                                      artifact=tracker.log_artifact)
             if info.is_main:
                 for name in ("losses.tsv", "losses.png"):
-                    tracker.log_artifact(reports / name, "plots")
-                tracker.log_artifact(out_model, "model")
-                print(f"{stage}: done -> {out_model} {metrics}")
+                    tracker.log_artifact(paths.reports / name, "plots")
+                tracker.log_artifact(paths.out_model, "model")
+                print(f"{spec.name}: done -> {paths.out_model} {metrics}")
     finally:
         teardown()

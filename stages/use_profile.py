@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
 from ruamel.yaml import YAML
 
 from cocosnet.config import ConfigError, config_from_dict, merge, read_yaml
+from cocosnet.io import atomic_write
 
 
 def apply_profile(params: Path, profile: Path) -> None:
@@ -32,10 +34,9 @@ def apply_profile(params: Path, profile: Path) -> None:
 
     assign(doc, overrides)
     doc["profile"] = profile.stem
-    tmp = params.with_suffix(".yaml.tmp")
-    with tmp.open("w") as fh:
-        yaml.dump(doc, fh)
-    tmp.replace(params)
+    buf = io.StringIO()
+    yaml.dump(doc, buf)
+    atomic_write(params, buf.getvalue())
 
 
 def main() -> None:

@@ -4,10 +4,8 @@ import pytest
 
 os.environ.setdefault("CI", "1")  # quiet progress bars
 
-from cocosnet.data.synthetic import SyntheticSpec, generate  # noqa: E402
-
-TINY = SyntheticSpec(num_identities=5, views_per_identity=3, image_width=102, image_height=150,
-                     val_fraction=0.4, jpeg_quality=95, seed=3)
+from cocosnet.data.synthetic import generate  # noqa: E402
+from tests.helpers import TINY  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,14 @@
 import dataclasses
 import shutil
 import typing
-from pathlib import Path
 
 import pytest
 import yaml
 
 from cocosnet.config import Config, ConfigError, config_from_dict, flatten, load_config, read_yaml
 from stages.use_profile import apply_profile
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def schema_keys(cls, prefix=""):

@@ -4,7 +4,7 @@ from PIL import Image
 
 from cocosnet.data.deepfashion import (SquareFrame, load_image, normalise_relpath, pad_to_square,
                                        pose_paths, preprocess_image, read_pair_list, read_split_list)
-from cocosnet.data.errors import DataError
+from cocosnet.errors import DataError
 
 
 def test_official_padding_of_750_by_1101():

@@ -16,9 +16,9 @@ from cocosnet.compare import differing_params, rank_runs, to_markdown
 from cocosnet.metrics.images import load_folder_pair
 from cocosnet.models.cocosnet import CoCosNet
 from cocosnet.tracking import PIPELINE_ENV, search_runs
-from cocosnet.train.loop import save_model
+from cocosnet.train.checkpoint import save_model
 from stages.score_folders import score
-from tests.training_setup import prepare_data, tiny_training_config
+from tests.helpers import prepare_data, random_pytorch_fid_state, tiny_training_config
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def setup(tiny_raw, tmp_path_factory):
     cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, max_pairs=6, batch_size=2))
     torch.manual_seed(0)
     model_path = tmp_path_factory.mktemp("model") / "train.pt"
-    save_model(model_path, CoCosNet.from_config(cfg), cfg, step=4, stage="train")
+    save_model(model_path, CoCosNet.from_config(cfg), config=dataclasses.asdict(cfg), stage="train", step=4, inputs={})
     return cfg, processed, model_path
 
 
@@ -69,6 +69,7 @@ def test_evaluate_stage_writes_outputs_metrics_report_and_mlflow(setup, tmp_path
     real, fake = load_folder_pair(outputs / "ref" / "real", outputs / "ref" / "fake")
     assert real.shape == fake.shape == (6, 64, 64, 3)
     assert not (outputs / "ref" / "corr").exists() and not (outputs / "self.partial").exists()
+    assert not (outputs.parent / "outputs.partial").exists()
     # The metrics are those of the files on disk: re-scoring the folders gives the same numbers.
     rescored = score(outputs / "ref" / "real", outputs / "ref" / "fake", paired=False, swd_size=0,
                      inception_weights="", seed=cfg.eval.seed)
@@ -95,6 +96,7 @@ def test_evaluate_stage_writes_outputs_metrics_report_and_mlflow(setup, tmp_path
 
 def test_a_killed_evaluation_reuses_its_finished_batches(setup, tmp_path):
     cfg, processed, model_path = setup
+    out = tmp_path / "outputs"  # the staging folder is outputs.partial/<set>, beside it
     pairs = pd.read_parquet(processed / "pairs.parquet")
     table = evaluation.eval_pairs(pairs, 6, "ref")
     torch.manual_seed(0)
@@ -110,22 +112,22 @@ def test_a_killed_evaluation_reuses_its_finished_batches(setup, tmp_path):
 
     model.forward = failing
     with pytest.raises(KeyboardInterrupt):
-        evaluation.generate(cfg, model, None, table, tmp_path / "ref", device=torch.device("cpu"), with_gt=False,
+        evaluation.generate(cfg, model, None, table, out / "ref", device=torch.device("cpu"), with_gt=False,
                             fingerprint="m1")
-    assert (tmp_path / "ref.partial" / "fake" / "00003.jpg").exists() and not (tmp_path / "ref").exists()
+    assert (tmp_path / "outputs.partial" / "ref" / "fake" / "00003.jpg").exists() and not (out / "ref").exists()
     calls.clear()
     model.forward = lambda *a, **k: calls.append(1) or original(*a, **k)
-    done = evaluation.generate(cfg, model, None, table, tmp_path / "ref", device=torch.device("cpu"),
+    done = evaluation.generate(cfg, model, None, table, out / "ref", device=torch.device("cpu"),
                                with_gt=False, fingerprint="m1")
     assert len(calls) == 2  # batch 0 again (it draws the sample grid), batch 1 reused, batch 2 new
-    clean = evaluation.generate(cfg, model, None, table, tmp_path / "clean", device=torch.device("cpu"),
+    clean = evaluation.generate(cfg, model, None, table, out / "clean", device=torch.device("cpu"),
                                 with_gt=False, fingerprint="m1")
     a, b = load_folder_pair(done.folder / "fake", clean.folder / "fake")
     assert np.array_equal(a, b)
     # A different model does not reuse anything.
     calls.clear()
-    (tmp_path / "again.partial").mkdir()
-    evaluation.generate(cfg, model, None, table, tmp_path / "again", device=torch.device("cpu"), with_gt=False,
+    (tmp_path / "outputs.partial" / "again").mkdir(parents=True)  # stale, without a spec
+    evaluation.generate(cfg, model, None, table, out / "again", device=torch.device("cpu"), with_gt=False,
                         fingerprint="m2")
     assert len(calls) == 3
 
@@ -158,11 +160,9 @@ def test_compare_ranks_runs_and_lists_only_differing_params():
 
 
 def test_set_metrics_compute_fid_when_a_weights_file_is_given(setup, tmp_path):
-    from tests.test_fid import _random_pytorch_fid_state
-
     cfg, _, _ = setup
     weights = tmp_path / "pt_inception.pth"
-    torch.save(_random_pytorch_fid_state(), weights)
+    torch.save(random_pytorch_fid_state(), weights)
     rng = np.random.default_rng(0)
     for role in evaluation.ROLES:
         (tmp_path / "set" / role).mkdir(parents=True)

@@ -1,13 +1,12 @@
-import functools
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from cocosnet.metrics.fid import (FEATURE_DIM, FIDInceptionV3, FidUnavailable, fid, frechet_distance,
+from cocosnet.metrics.fid import (FEATURE_DIM, FidUnavailable, fid, frechet_distance,
                                   load_inception, statistics)
 from cocosnet.metrics.images import load_folder_pair
+from tests.helpers import random_pytorch_fid_state
 
 
 def _closed_form_diag(mu1, d1, mu2, d2):
@@ -44,27 +43,8 @@ def test_frechet_distance_from_samples_and_singular_covariances():
         frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
 
 
-@functools.lru_cache(maxsize=1)
-def _calibrated_random_state(seed: int) -> dict:
-    """Random conv weights with BN statistics measured on random images, so features vary between images."""
-    torch.manual_seed(seed)
-    model = FIDInceptionV3()
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None  # cumulative average: one batch sets the statistics
-    with torch.no_grad():
-        model.train()(torch.rand(6, 3, 64, 64))
-    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    state["fc.weight"], state["fc.bias"] = torch.randn(1008, 2048), torch.randn(1008)
-    return state
-
-
-def _random_pytorch_fid_state(seed=0):
-    return dict(_calibrated_random_state(seed))
-
-
 def test_the_state_dict_has_the_pytorch_fid_key_layout():
-    state = _random_pytorch_fid_state()
+    state = random_pytorch_fid_state()
     # torchvision Inception3 without aux logits: 94 conv+BN units x 5 tensors, plus the 1008-way fc.
     assert len(state) == 94 * 5 + 2
     assert state["Conv2d_1a_3x3.conv.weight"].shape == (32, 3, 3, 3)
@@ -77,7 +57,7 @@ def test_the_state_dict_has_the_pytorch_fid_key_layout():
 
 
 def test_loading_a_saved_state_dict_and_the_output_shape(tmp_path):
-    state = _random_pytorch_fid_state()
+    state = random_pytorch_fid_state()
     path = tmp_path / "pt_inception.pth"
     torch.save(state, path)
     model = load_inception(path)
@@ -99,12 +79,12 @@ def test_missing_or_wrong_weights_are_unavailable_with_a_reason(tmp_path):
         load_inception(tmp_path / "absent.pth")
     with pytest.raises(FidUnavailable, match="not set"):
         load_inception("")
-    state = _random_pytorch_fid_state()
+    state = random_pytorch_fid_state()
     del state["Mixed_5b.branch1x1.conv.weight"]
     torch.save(state, tmp_path / "partial.pth")
     with pytest.raises(FidUnavailable, match="Mixed_5b.branch1x1.conv.weight"):
         load_inception(tmp_path / "partial.pth")
-    state = _random_pytorch_fid_state()
+    state = random_pytorch_fid_state()
     state["Mixed_5b.branch1x1.conv.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "shape.pth")
     with pytest.raises(FidUnavailable, match="shape"):

@@ -11,7 +11,7 @@ from cocosnet.losses.vgg import CONVS, TORCHVISION_INDEX, VGG19, load_vgg19
 from cocosnet.models.blocks import PositionalNorm, SPADEResBlock
 from cocosnet.models.cocosnet import CoCosNet, build_discriminator
 from cocosnet.models.correspondence import dense_match, upsample_candidates
-from tests.test_config import ROOT
+from tests.helpers import ROOT
 
 
 def tiny_config():

@@ -2,7 +2,7 @@ import shutil
 
 import pytest
 
-from cocosnet.data.errors import DataError
+from cocosnet.errors import DataError
 from cocosnet.data.pairs import COLUMNS, build_pairs, validate_table
 from cocosnet.data.deepfashion import identity_of
 

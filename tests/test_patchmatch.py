@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from cocosnet.models.patchmatch import PatchMatchGRU, patch_match, pixel_grid, sample_at, select_top_k
-from tests.planted import coarse_init, planted
+from tests.helpers import coarse_init, planted
 
 
 def test_signature_is_the_contract():

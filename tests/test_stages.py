@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from cocosnet.config import config_from_dict, read_yaml
-from cocosnet.data.errors import DataError
+from cocosnet.errors import DataError
 from cocosnet.data.processing import MANIFEST, Manifest, image_file, label_file, load_label
 from stages import build_pairs, prepare, render_keypoints
-from tests.test_config import ROOT
+from tests.helpers import ROOT
 
 
 def config(tmp_path, root, **data):

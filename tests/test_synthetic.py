@@ -9,7 +9,7 @@ from cocosnet.data.deepfashion import SquareFrame, identity_of, pose_paths, read
 from cocosnet.data.pose import read_openpose
 from cocosnet.data.synthetic import (correspondence, generate, load_surface, surface_path,
                                      warp_by_correspondence)
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 
 def images(root):

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from cocosnet.data.processing import image_file, label_file, load_label
+from cocosnet.data.processing import image_file, label_file, load_cached_image, load_label
 
 
 @dataclass(frozen=True)
@@ -59,8 +58,7 @@ class PairDataset(Dataset):
         return Crop(top, left, bool(self.flip and rng.random() < 0.5))
 
     def _load(self, rel: str, crop: Crop) -> tuple[torch.Tensor, torch.Tensor]:
-        with Image.open(image_file(self.img_dir, rel)) as im:
-            image = np.asarray(im.convert("RGB"))
+        image = load_cached_image(image_file(self.img_dir, rel))
         label = load_label(label_file(self.label_dir, rel))
         s = self.crop_size
         image = image[crop.top:crop.top + s, crop.left:crop.left + s]

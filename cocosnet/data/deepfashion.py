@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-from cocosnet.data.errors import DataError
+from cocosnet.errors import DataError
 
 PAD_VALUE = 232
 KEYPOINT_FRAME = 1024

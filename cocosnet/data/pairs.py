@@ -30,7 +30,7 @@ import pandas as pd
 
 from cocosnet.data.deepfashion import (PAIR_LISTS, ListEntry, identity_of, read_pair_list,
                                        read_split_list)
-from cocosnet.data.errors import DataError
+from cocosnet.errors import DataError
 
 COLUMNS = ("target", "exemplar", "kind", "split")
 SPLITS = ("train", "val")

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from cocosnet.data.errors import DataError
+from cocosnet.errors import DataError
 
 NUM_JOINTS = 18
 NUM_LIMBS_DRAWN = 17

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import warnings
+import zipfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -22,9 +23,9 @@ import numpy as np
 from PIL import Image
 
 from cocosnet.data.deepfashion import load_image, pose_paths, preprocess_image
-from cocosnet.data.errors import DataError
 from cocosnet.data.pose import read_openpose, render_label_resized
-from cocosnet.io import Staging, atomic_write_bytes, atomic_write_json
+from cocosnet.errors import DataError
+from cocosnet.io import Staging, atomic_write, atomic_write_json
 from cocosnet.progress import progress
 
 MANIFEST = "manifest.json"
@@ -45,10 +46,33 @@ def label_file(label_dir: Path, rel: str) -> Path:
     return Path(label_dir) / _strip_img(rel).with_suffix(".npz")
 
 
+# What a cached file that cannot be read raises: a truncated PNG is an OSError, a truncated npz a BadZipFile.
+UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+
+
+def _unreadable(path: Path, what: str, stage: str, exc: Exception) -> DataError:
+    if isinstance(exc, FileNotFoundError):
+        return DataError(f"{path}: cached {what} not found; rerun `dvc repro {stage}`")
+    return DataError(f"{path}: corrupt or truncated cached {what} ({type(exc).__name__}: {exc}); delete it and "
+                     f"run `dvc repro --force --single-item {stage}`, then `dvc repro`")
+
+
 def load_label(path: Path) -> np.ndarray:
     """A cached label: uint8 (load_size, load_size, 20)."""
-    with np.load(path) as z:
-        return z["label"]
+    try:
+        with np.load(path) as z:
+            return z["label"]
+    except UNREADABLE as exc:
+        raise _unreadable(path, "label", "render_keypoints", exc) from None
+
+
+def load_cached_image(path: Path) -> np.ndarray:
+    """A cached image: uint8 (load_size, load_size, 3)."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except UNREADABLE as exc:
+        raise _unreadable(path, "image", "prepare", exc) from None
 
 
 @dataclass
@@ -85,7 +109,7 @@ def _prepare_one(rel: str, root: str, out: str, size: int) -> str | None:
         image = preprocess_image(load_image(Path(root) / rel), size)
     except DataError as exc:
         return str(exc)
-    atomic_write_bytes(dest, _encode_png(image))
+    atomic_write(dest, _encode_png(image))
     return None
 
 
@@ -98,7 +122,7 @@ def _label_one(rel: str, root: str, out: str, size: int) -> str | None:
     except DataError as exc:
         return str(exc)
     label = render_label_resized(keypoints, size)
-    atomic_write_bytes(dest, _encode_npz(label))
+    atomic_write(dest, _encode_npz(label))
     return None
 
 

@@ -15,8 +15,10 @@ exemplar as invalid.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,10 +29,10 @@ from scipy.spatial import cKDTree
 
 from cocosnet.data.body import NUM_PARTS, BodyShape, Part, PoseAngles, part_hits, pose_body
 from cocosnet.data.deepfashion import KEYPOINT_FRAME, SquareFrame, pose_paths
-from cocosnet.data.errors import DataError
 from cocosnet.data.pose import write_openpose
 from cocosnet.data.textures import Texture
-from cocosnet.io import Staging, atomic_write_json, atomic_write_text
+from cocosnet.errors import DataError
+from cocosnet.io import Staging, atomic_save, atomic_write, atomic_write_json
 from cocosnet.progress import progress
 
 CATEGORIES = {
@@ -206,11 +208,10 @@ def surface_path(root: Path, image_rel: str) -> Path:
 
 
 def save_surface(path: Path, rendering: Rendering) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, part=rendering.part, point=rendering.point.astype(np.float16),
+    buf = io.BytesIO()
+    np.savez_compressed(buf, part=rendering.part, point=rendering.point.astype(np.float16),
                         cm_per_px=np.float32(rendering.cm_per_px))
-    tmp.replace(path)
+    atomic_write(path, buf.getvalue())
 
 
 def load_surface(path: Path) -> SurfaceMap:
@@ -220,8 +221,9 @@ def load_surface(path: Path) -> SurfaceMap:
             part, point, cm = z["part"], z["point"].astype(np.float32), float(z["cm_per_px"])
     except FileNotFoundError:
         raise DataError(f"{path}: ground-truth surface map not found") from None
-    except (OSError, KeyError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable ground-truth surface map ({exc})") from None
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: unreadable or truncated ground-truth surface map ({type(exc).__name__}: {exc}); "
+                        "delete it and run `dvc repro --force --single-item synthesize`") from None
     if part.ndim != 2 or point.shape != part.shape + (3,):
         raise DataError(f"{path}: expected part (H, W) and point (H, W, 3), got {part.shape} and {point.shape}")
     return SurfaceMap(part=part, point=point, cm_per_px=cm)
@@ -286,14 +288,14 @@ def _write_identity(args: tuple[SyntheticSpec, int, str]) -> list[str]:
         r = render_view(ident, view, rng, spec.image_width, spec.image_height)
         rel = f"{ident.dirname}/{view_filename(view)}"
         img_path = root / rel
-        img_path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(r.image).save(img_path, quality=spec.jpeg_quality, subsampling=0)
+        atomic_save(img_path, lambda f, r=r: Image.fromarray(r.image).save(f, format="JPEG", quality=spec.jpeg_quality,
+                                                                          subsampling=0))
         cand, sub = pose_paths(root, rel)
         cand.parent.mkdir(parents=True, exist_ok=True)
         write_openpose(frame.to_frame(r.keypoints, KEYPOINT_FRAME), cand, sub)
         save_surface(surface_path(root, rel), r)
         rels.append(rel)
-    atomic_write_text(done, json.dumps(rels))
+    atomic_write(done, json.dumps(rels))
     return rels
 
 
@@ -305,10 +307,10 @@ def _write_lists(root: Path, spec: SyntheticSpec, by_identity: list[list[str]]) 
               "val": sorted(val_ids)}
     win = lambda rel: rel.replace("/", "\\")  # noqa: E731 -- the published lists use Windows separators
     for split, ids in splits.items():
-        (root / f"{split}.txt").write_text("".join(f"{rel}\n" for i in ids for rel in by_identity[i]))
+        atomic_write(root / f"{split}.txt", "".join(f"{rel}\n" for i in ids for rel in by_identity[i]))
     self_lines = [",".join(win(r) for r in [rel] + [o for o in views if o != rel])
                   for views in by_identity if len(views) > 1 for rel in views]
-    (root / "deepfashion_self_pair.txt").write_text("".join(f"{line}\n" for line in self_lines))
+    atomic_write(root / "deepfashion_self_pair.txt", "".join(f"{line}\n" for line in self_lines))
     for split, name in (("train", "deepfashion_ref.txt"), ("val", "deepfashion_ref_test.txt")):
         ids = splits[split]
         lines = []
@@ -320,7 +322,7 @@ def _write_lists(root: Path, spec: SyntheticSpec, by_identity: list[list[str]]) 
                 refs = [by_identity[j][int(rng.integers(len(by_identity[j])))]
                         for j in rng.choice(others, size=min(2, len(others)), replace=False)]
                 lines.append(",".join(win(r) for r in [rel] + refs))
-        (root / name).write_text("".join(f"{line}\n" for line in lines))
+        atomic_write(root / name, "".join(f"{line}\n" for line in lines))
 
 
 def generate(spec: SyntheticSpec, out_dir: Path, *, workers: int = 1, show_progress: bool = True) -> dict:

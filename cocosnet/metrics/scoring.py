@@ -48,11 +48,13 @@ def paired_scores(real: list[Path], candidates: dict[str, list[Path]]) -> dict[s
 
 
 def swd_scores(real: list[Path], candidates: dict[str, list[Path]], *, size: int, seed: int,
-               device: torch.device | str = "cpu") -> dict[str, dict[str, float]]:
-    """{who: {"<resolution>": ..., "avg": ...}}; size > 0 resizes every image first."""
+               device: torch.device | str = "cpu", independent_draws: bool = True) -> dict[str, dict[str, float]]:
+    """{who: {"<resolution>": ..., "avg": ...}}; size > 0 resizes every image first.
+    independent_draws=True is the PGGAN protocol (see `cocosnet.metrics.swd`)."""
     _check_counts(real, candidates)
     reference = load_image_set(real, size)
-    return {who: sliced_wasserstein(reference, load_image_set(files, size), seed=seed, device=device)
+    return {who: sliced_wasserstein(reference, load_image_set(files, size), seed=seed, device=device,
+                                    independent_draws=independent_draws)
             for who, files in candidates.items()}
 
 

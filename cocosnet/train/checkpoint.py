@@ -1,74 +1,143 @@
-"""One self-describing checkpoint file per save, written atomically, the last K kept.
+"""The one file format for checkpoints and model files, checked on load.
 
-Contents: model, discriminator, optimisers, scalers, EMA, step, RNG state, the
-config it was built from, the code version. Loaded with weights_only=True.
+A file is a `torch.save` dict: `format`, `stage`, `step`, `config` (the whole
+params as built), `inputs` (what the stage was trained from, see `inputs.py`),
+`model` (the state dict), and in a checkpoint also `trainer` (optimisers,
+scalers, D, EMA), `torch_rng` and `history`. It ends with `sha256`, a digest
+of everything else computed from the loaded values, so a flipped byte that
+still unpickles is caught. The bytes depend only on the contents (no
+timestamps, no git sha): the same training gives the same file. Loaded with
+weights_only=True.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
-import subprocess
+import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from cocosnet import __version__
-from cocosnet.config import flatten
-from cocosnet.io import atomic_write_bytes
+from cocosnet.config import Config, flatten
+from cocosnet.errors import CheckpointError
+from cocosnet.io import atomic_write
+from cocosnet.models.cocosnet import CoCosNet
 
-_NAME = re.compile(r"ckpt-(\d{8})\.pt$")
-# Keys that may change between a checkpoint and the run resuming from it.
-RESUMABLE_CHANGES = ("steps", "checkpoint_every", "keep_last", "log_every", "sample_every", "workers")
-
-
-class CheckpointMismatch(ValueError):
-    """A checkpoint built from a config that differs in keys that matter."""
+FORMAT = "cocosnet-v2/1"
+_NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
 
 
-def code_version() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{__version__}+{sha}" if sha else __version__
+def _digest(obj, h) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(obj.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}".encode())
+        for key in sorted(obj, key=repr):
+            h.update(repr(key).encode())
+            _digest(obj[key], h)
+    elif isinstance(obj, list | tuple):
+        h.update(f"{type(obj).__name__[0]}{len(obj)}".encode())
+        for item in obj:
+            _digest(item, h)
+    else:
+        h.update(f"V{obj!r}".encode())
 
 
-def save_checkpoint(directory: Path, step: int, state: dict, *, keep_last: int) -> Path:
-    """Write `ckpt-<step>.pt` atomically and delete all but the newest `keep_last`."""
-    directory = Path(directory)
+def content_sha256(state: dict) -> str:
+    h = hashlib.sha256()
+    _digest({k: v for k, v in state.items() if k != "sha256"}, h)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: Path, state: dict) -> Path:
+    """Write `state` (with `format` and `sha256` added) to `path` atomically."""
+    state = {"format": FORMAT, **state}
+    state["sha256"] = content_sha256(state)
     buf = io.BytesIO()
-    torch.save({**state, "step": step, "code_version": code_version()}, buf)
-    path = directory / f"ckpt-{step:08d}.pt"
-    atomic_write_bytes(path, buf.getvalue())
-    for old in list_checkpoints(directory)[:-keep_last]:
-        old.unlink(missing_ok=True)
-    return path
-
-
-def list_checkpoints(directory: Path) -> list[Path]:
-    """Checkpoints in `directory`, oldest first."""
-    if not Path(directory).is_dir():
-        return []
-    return sorted(p for p in Path(directory).iterdir() if _NAME.search(p.name))
+    torch.save(state, buf)
+    atomic_write(path, buf.getvalue())
+    return Path(path)
 
 
 def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load and verify a file written by `save_checkpoint`; CheckpointError names the file."""
+    path = Path(path)
+    hint = "delete it (or move it away) and rerun the stage that writes it"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except Exception as exc:  # noqa: BLE001 -- torch raises RuntimeError/EOFError/UnpicklingError/...
+        raise CheckpointError(f"{path}: unreadable, truncated or corrupt ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:160]}); {hint}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "sha256" not in state:
+        raise CheckpointError(f"{path}: not a {FORMAT} model or checkpoint file; {hint}")
+    if content_sha256(state) != state["sha256"]:
+        raise CheckpointError(f"{path}: checksum mismatch, the file is corrupt; {hint}")
+    return state
+
+
+def checkpoint_path(directory: Path, step: int) -> Path:
+    return Path(directory) / f"ckpt-{step:08d}.pt"
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Checkpoints directly in `directory`, oldest first."""
+    if not Path(directory).is_dir():
+        return []
+    return sorted(p for p in Path(directory).iterdir() if _NAME.match(p.name))
+
+
+def prune(directory: Path, keep_last: int) -> None:
+    for old in list_checkpoints(directory)[:-keep_last]:
+        old.unlink(missing_ok=True)
+
+
+def newest_good(directory: Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint that loads and verifies. A bad one is renamed `*.corrupt` (kept for a
+    look, never tried again) with a warning naming it, and the previous one is tried."""
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as exc:
+            bad = path.with_name(path.name + ".corrupt")
+            path.replace(bad)
+            warnings.warn(f"{exc}; moved to {bad.name}, trying the previous checkpoint", stacklevel=2)
+    return None
 
 
 def config_differences(saved: dict, current: dict, sections: tuple[str, ...]) -> list[str]:
-    """Flattened keys under `sections` whose values differ (ignoring RESUMABLE_CHANGES)."""
-    a = {k: v for k, v in flatten(saved).items() if k.split(".")[0] in sections}
-    b = {k: v for k, v in flatten(current).items() if k.split(".")[0] in sections}
+    """Flattened keys under `sections` whose values differ."""
+    keep = lambda k: k.split(".")[0] in sections  # noqa: E731
+    a = {k: v for k, v in flatten(saved).items() if keep(k)}
+    b = {k: v for k, v in flatten(current).items() if keep(k)}
     norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731 -- tuples come back as lists
-    return sorted(k for k in set(a) | set(b)
-                  if k.split(".")[-1] not in RESUMABLE_CHANGES and norm(a.get(k)) != norm(b.get(k)))
+    return sorted(k for k in set(a) | set(b) if norm(a.get(k)) != norm(b.get(k)))
 
 
-def check_compatible(ckpt: dict, current: dict, sections: tuple[str, ...], source: Path) -> None:
-    diff = config_differences(ckpt["config"], current, sections)
+def check_compatible(state: dict, current: dict, sections: tuple[str, ...], source: Path) -> None:
+    diff = config_differences(state["config"], current, sections)
     if diff:
-        shown = ", ".join(f"{k} ({flatten(ckpt['config']).get(k)!r} -> {flatten(current).get(k)!r})" for k in diff[:8])
-        raise CheckpointMismatch(f"{source}: built from an incompatible config; keys that differ: {shown}")
+        shown = ", ".join(f"{k} ({flatten(state['config']).get(k)!r} -> {flatten(current).get(k)!r})"
+                          for k in diff[:8])
+        raise CheckpointError(f"{source}: built from an incompatible config; keys that differ: {shown}")
+
+
+def save_model(path: Path, model: torch.nn.Module, *, config: dict, stage: str, step: int, inputs: dict) -> Path:
+    """A final model file: the checkpoint format without the training state."""
+    return save_checkpoint(path, {"stage": stage, "step": step, "config": config, "inputs": inputs,
+                                  "model": model.state_dict()})
+
+
+def load_model(path: Path, cfg: Config, *, sections: tuple[str, ...] = ("model",)) -> tuple[CoCosNet, dict]:
+    """(CoCosNet, file state) from a model file; refuses one built with different `sections`."""
+    state = load_checkpoint(path)
+    check_compatible(state, asdict(cfg), sections, path)
+    model = CoCosNet.from_config(cfg)
+    model.load_state_dict(state["model"])
+    return model, state

@@ -1,10 +1,10 @@
-"""The step-based loop shared by the `pretrain` and `train` stages.
+"""The step-based loop shared by the `pretrain` and `train` stages: build, resume, data, loop.
 
-Resumes from the newest checkpoint in `ckpt_dir` when its config is
-compatible (on CPU with a fixed seed a killed run ends at the same weights as
-an uninterrupted one: batches, crops and the PatchMatch random search all
-derive from (seed, step, index)); otherwise it says which keys differ and
-starts afresh. Logging goes through a callback, so MLflow stays out of here.
+A run resumes the newest good checkpoint trained from the same inputs
+(`resume.py`); on CPU with a fixed seed a killed run ends at the same weights
+as an uninterrupted one, since batches, crops and the PatchMatch random search
+all derive from (seed, step, index). Logging goes through a callback, so MLflow
+stays out of here.
 """
 
 from __future__ import annotations
@@ -13,156 +13,149 @@ import csv
 import io
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from cocosnet.config import Config
+from cocosnet.config import Config, PretrainConfig, TrainConfig
 from cocosnet.data.dataset import PairDataset
-from cocosnet.io import atomic_write_bytes, atomic_write_text
+from cocosnet.io import atomic_save, atomic_write
 from cocosnet.losses.vgg import load_vgg19
 from cocosnet.models.cocosnet import CoCosNet, build_discriminator
 from cocosnet.progress import progress
-from cocosnet.train.checkpoint import (CheckpointMismatch, check_compatible, code_version, list_checkpoints,
-                                       load_checkpoint, save_checkpoint)
+from cocosnet.train.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, load_model, prune, \
+    save_checkpoint, save_model
 from cocosnet.train.distributed import DistInfo, StepBatches
+from cocosnet.train.inputs import StageSpec, training_inputs, training_pairs
+from cocosnet.train.resume import choose_resume
 from cocosnet.train.samples import sample_grid
-from cocosnet.train.schedule import lr_at
-from cocosnet.train.trainer import CORRESPONDENCE_KEYS, Trainer
+from cocosnet.train.trainer import CorrespondenceTrainer, GanTrainer
 
 Log = Callable[[dict[str, float], int], None]
 Artifact = Callable[[Path, str], None]
-# What must match for a checkpoint to be resumed (besides the stage's own section).
-SHARED_SECTIONS = ("model", "loss_weights", "vgg", "data")
+Trainer = CorrespondenceTrainer | GanTrainer
 
 
-def training_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
-    """Train-split self pairs: the paired setting the official README trains in."""
-    return pairs[(pairs["split"] == "train") & (pairs["kind"] == "self")].reset_index(drop=True)
+@dataclass(frozen=True)
+class RunPaths:
+    ckpt_dir: Path  # checkpoints/<stage>/
+    out_model: Path  # models/<stage>.pt
+    reports: Path  # reports/<stage>/: losses.tsv, losses.png, samples/
+    init: Path | None = None  # a model file whose matcher initialises this stage (train: models/pretrain.pt)
 
 
-def save_model(path: Path, model: CoCosNet, cfg: Config, step: int, stage: str) -> None:
-    buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "config": asdict(cfg), "step": step, "stage": stage,
-                "code_version": code_version()}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+def section_of(cfg: Config, spec: StageSpec) -> PretrainConfig | TrainConfig:
+    return getattr(cfg, spec.name)
 
 
-def load_model(path: Path, cfg: Config, *, sections: tuple[str, ...] = ("model",)) -> tuple[CoCosNet, dict]:
-    """A CoCosNet from a final model file; refuses one built with different `sections`."""
-    ckpt = load_checkpoint(path)
-    check_compatible(ckpt, asdict(cfg), sections, path)
-    model = CoCosNet.from_config(cfg)
-    model.load_state_dict(ckpt["model"])
-    return model, ckpt
-
-
-def run_training(cfg: Config, stage: str, pairs: pd.DataFrame, *, ckpt_dir: Path, out_model: Path,
-                 reports: Path, info: DistInfo, init: Path | None = None, log: Log | None = None,
-                 artifact: Artifact | None = None, show_progress: bool = True) -> tuple[dict[str, float], CoCosNet]:
-    """Train `stage` ('pretrain' or 'train') to its step count; returns the last metrics and the model."""
-    section = cfg.pretrain if stage == "pretrain" else cfg.train
-    pretrain = stage == "pretrain"
+def build(cfg: Config, spec: StageSpec, device: torch.device, *, distributed: bool) -> Trainer:
+    """The model and the trainer of `spec`'s type, seeded by its section."""
+    section = section_of(cfg, spec)
     torch.manual_seed(section.seed)
-    model = CoCosNet.from_config(cfg).to(info.device)
-    disc = vgg = None
-    if not pretrain:
-        disc = build_discriminator(cfg).to(info.device)
-        vgg = load_vgg19(cfg.vgg.weights).to(info.device)
-    weights = asdict(cfg.loss_weights)
-    if pretrain:
-        weights = {k: v for k, v in weights.items() if k in CORRESPONDENCE_KEYS}
-    trainer = Trainer(
-        model, weights=weights, lr=section.lr, betas=(section.beta1, section.beta2), device=info.device,
-        pretrain=pretrain, disc=disc, vgg=vgg, g_eps=getattr(section, "g_eps", 1e-8),
-        grad_clip=getattr(section, "grad_clip", 0.0), ema_decay=getattr(section, "ema_decay", 0.0),
-        amp=getattr(section, "amp", False), amp_dtype=getattr(section, "amp_dtype", "bfloat16"),
-        distributed=info.world > 1, seed=section.seed)
+    model = CoCosNet.from_config(cfg).to(device)
+    if isinstance(section, PretrainConfig):
+        return CorrespondenceTrainer(model, section, cfg.loss_weights, device=device, distributed=distributed)
+    disc = build_discriminator(cfg).to(device)
+    vgg = load_vgg19(cfg.vgg.weights).to(device)
+    return GanTrainer(model, disc, vgg, section, cfg.loss_weights, device=device, distributed=distributed)
 
-    start = 0
-    history: list[dict] = []
-    current = asdict(cfg)
-    ckpts = list_checkpoints(ckpt_dir)
-    if ckpts:
-        state = load_checkpoint(ckpts[-1])
-        try:
-            check_compatible(state, current, SHARED_SECTIONS + (stage,), ckpts[-1])
-        except CheckpointMismatch as exc:
-            warnings.warn(f"{exc}; starting {stage} afresh", stacklevel=2)
-            if info.is_main:
-                for old in ckpts:
-                    old.unlink()
-        else:
-            trainer.load_state_dict(state)
-            torch.set_rng_state(state["torch_rng"])
-            start, history = int(state["step"]), list(state["history"])
-    if start == 0 and init is not None:
-        model_init, _ = load_model(init, cfg)
-        model.matcher.load_state_dict(model_init.matcher.state_dict())
-        if trainer.ema is not None:
-            trainer.ema.module.load_state_dict(model.state_dict())  # average from the initialised weights
 
+def resume(trainer: Trainer, cfg: Config, spec: StageSpec, inputs: dict, paths: RunPaths,
+           info: DistInfo) -> tuple[int, list[dict]]:
+    """Load the checkpoint to resume, or initialise from `paths.init`; returns (start step, history)."""
+    state = choose_resume(paths.ckpt_dir, inputs, stage=spec.name) if info.is_main else None
+    if info.world > 1:
+        dist.barrier()  # the main rank has moved superseded or corrupt checkpoints out of the way
+        if not info.is_main and list_checkpoints(paths.ckpt_dir):
+            state = load_checkpoint(list_checkpoints(paths.ckpt_dir)[-1])
+    if state is not None:
+        trainer.model.load_state_dict(state["model"])
+        trainer.load_state_dict(state["trainer"])
+        torch.set_rng_state(state["torch_rng"])
+        return int(state["step"]), list(state["history"])
+    if paths.init is not None:
+        initial, _ = load_model(paths.init, cfg)
+        trainer.model.matcher.load_state_dict(initial.matcher.state_dict())
+        if isinstance(trainer, GanTrainer):
+            trainer.reset_ema()
+    return 0, []
+
+
+def batches(cfg: Config, spec: StageSpec, pairs: pd.DataFrame, info: DistInfo, start: int) -> DataLoader:
+    """The batches of steps start+1 .. steps, each the same whatever the start or the world size."""
+    section = section_of(cfg, spec)
+    flip = section.flip if isinstance(section, TrainConfig) else False
     dataset = PairDataset(training_pairs(pairs), Path(cfg.data.processed), load_size=cfg.data.load_size,
-                          crop_size=cfg.data.crop_size, random_crop=True, flip=getattr(section, "flip", False),
-                          seed=section.seed)
-    batches = StepBatches(len(dataset), section.batch_size, info, section.seed)
+                          crop_size=cfg.data.crop_size, random_crop=True, flip=flip, seed=section.seed)
+    steps = StepBatches(len(dataset), section.batch_size, info, section.seed)
 
     def keys(step: int) -> list[tuple[int, int]]:
-        epoch, idx = batches(step)
+        epoch, idx = steps(step)
         return [(i, epoch) for i in idx]
 
-    loader = DataLoader(dataset, batch_sampler=[keys(s) for s in range(start, section.steps)],
-                        num_workers=section.workers, persistent_workers=False)
+    return DataLoader(dataset, batch_sampler=[keys(s) for s in range(start, section.steps)],
+                      num_workers=section.workers, persistent_workers=False)
+
+
+def run_training(cfg: Config, spec: StageSpec, pairs: pd.DataFrame, paths: RunPaths, *, info: DistInfo,
+                 log: Log | None = None, artifact: Artifact | None = None,
+                 show_progress: bool = True) -> tuple[dict[str, float], CoCosNet]:
+    """Train `spec` to its step count; returns the last metrics and the model written to `paths.out_model`."""
+    section = section_of(cfg, spec)
+    files = {"init": paths.init}
+    if spec.name == "train" and cfg.vgg.weights != "random":
+        files["vgg"] = Path(cfg.vgg.weights)
+    inputs = training_inputs(cfg, spec, pairs, files=files)
+    trainer = build(cfg, spec, info.device, distributed=info.world > 1)
+    start, history = resume(trainer, cfg, spec, inputs, paths, info)
+    loader = batches(cfg, spec, pairs, info, start)
+    config = asdict(cfg)
     metrics: dict[str, float] = {}
-    model.train()
+    trainer.model.train()
     for step, batch in progress(zip(range(start + 1, section.steps + 1), loader), total=section.steps - start,
-                                desc=stage, enabled=show_progress and info.is_main):
-        if not pretrain:
-            trainer.set_lr(lr_at(step - 1, base=section.lr, total=section.steps, decay_start=section.decay_start))
-            metrics, fake = trainer.generator_step(batch, step)
-            metrics.update(trainer.discriminator_step(batch, fake))
-        else:
-            metrics = trainer.correspondence_step(batch, step)
-        if info.is_main and (step % section.log_every == 0 or step == section.steps):
+                                desc=spec.name, enabled=show_progress and info.is_main):
+        metrics = trainer.step(batch, step)
+        if not info.is_main:
+            continue
+        last = step == section.steps
+        if step % section.log_every == 0 or last:
             history.append({"step": step, **metrics})
             if log:
                 log(metrics, step)
-        if info.is_main and (step % section.sample_every == 0 or step == section.steps):
-            _save_samples(model, batch, step, stage, reports, trainer, artifact)
-        if info.is_main and (step % section.checkpoint_every == 0 or step == section.steps):
-            save_checkpoint(ckpt_dir, step, {**trainer.state_dict(), "config": current, "stage": stage,
-                                             "torch_rng": torch.get_rng_state(), "history": history},
-                            keep_last=section.keep_last)
+        if step % section.sample_every == 0 or last:
+            _save_samples(trainer, batch, step, spec.name, paths.reports, artifact)
+        if step % section.checkpoint_every == 0 or last:
+            save_checkpoint(checkpoint_path(paths.ckpt_dir, step), {
+                "stage": spec.name, "step": step, "config": config, "inputs": inputs,
+                "model": trainer.model.state_dict(), "trainer": trainer.state_dict(),
+                "torch_rng": torch.get_rng_state(), "history": history})
+            prune(paths.ckpt_dir, section.keep_last)
+    if start >= section.steps:
+        warnings.warn(f"{spec.name}: the checkpoint in {paths.ckpt_dir} has finished all {section.steps} steps for "
+                      "these inputs; writing its model", stacklevel=2)
+    final = trainer.final_model()
     if info.is_main:
-        # With an EMA of G, the averaged weights are the model that is evaluated.
-        save_model(out_model, trainer.ema.module if trainer.ema is not None else model, cfg, section.steps, stage)
-        write_history(history, reports)
-    return metrics, model
+        save_model(paths.out_model, final, config=config, stage=spec.name, step=section.steps, inputs=inputs)
+        write_history(history, paths.reports)
+    return metrics, final
 
 
-@torch.no_grad()
-def _save_samples(model: CoCosNet, batch: dict, step: int, stage: str, reports: Path, trainer: Trainer,
+def _save_samples(trainer: Trainer, batch: dict, step: int, stage: str, reports: Path,
                   artifact: Artifact | None) -> None:
+    model = trainer.model
     was_training = model.training
     model.eval()
-    b = trainer._to_device(batch)
-    gen = torch.Generator(device=trainer.device).manual_seed(step)
-    if stage == "pretrain":
-        out, image = model.matcher(b["label"], b["exemplar"], b["exemplar_label"], generator=gen), None
-    else:
-        out = model(b["label"], b["exemplar"], b["exemplar_label"], generator=gen)
-        image = out.image
-    grid = sample_grid(b, out.correspondence.warps, image)
+    warps, image = trainer.sample(batch, step)
+    model.train(was_training)
+    grid = sample_grid({k: v.to(trainer.device) for k, v in batch.items()}, warps, image)
     path = reports / "samples" / f"step-{step:06d}.png"
-    buf = io.BytesIO()
-    grid.save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_save(path, lambda f: grid.save(f, format="PNG"))
     if artifact:
         artifact(path, f"samples/{stage}")
-    model.train(was_training)
 
 
 def write_history(history: list[dict], reports: Path) -> None:
@@ -174,7 +167,7 @@ def write_history(history: list[dict], reports: Path) -> None:
     writer = csv.DictWriter(buf, fieldnames=keys, delimiter="\t")
     writer.writeheader()
     writer.writerows(history)
-    atomic_write_text(reports / "losses.tsv", buf.getvalue())
+    atomic_write(reports / "losses.tsv", buf.getvalue())
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,7 +181,5 @@ def write_history(history: list[dict], reports: Path) -> None:
         ax.set_title(key, fontsize=8)
         ax.tick_params(labelsize=6)
     fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=100)
+    atomic_save(reports / "losses.png", lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
-    atomic_write_bytes(reports / "losses.png", png.getvalue())

@@ -1,23 +1,33 @@
-"""Explicit training steps: `correspondence_step` (pretraining), `generator_step`, `discriminator_step`.
+"""Two trainers, one per training stage, each built from its own config section.
 
-One GradScaler per optimiser (the official code shares one and updates it
-twice per iteration). Autocast only on CUDA, in bf16 or fp16; the scalers are
-active only for fp16. The trainer knows nothing of MLflow: it returns metrics.
+* `CorrespondenceTrainer` (section `pretrain`): the matcher alone on the
+  alignment, warp and cycle losses, one Adam at `lr`.
+* `GanTrainer` (section `train`): explicit `generator_step` and
+  `discriminator_step`; G (matcher + generator, Adam eps `g_eps`) at lr / 2 and
+  D at 2 lr for the whole run (TTUR); an optional EMA of G.
+
+Both expose `step(batch, step) -> metrics`, `sample(batch, step)` and
+`state_dict()`, which is all the loop uses. One GradScaler per optimiser (the
+official code shares one and updates it twice per iteration); autocast only on
+CUDA, in bf16 or fp16, with the scalers active only for fp16. The trainers know
+nothing of MLflow: they return metrics.
 """
 
 from __future__ import annotations
 
 import copy
 from contextlib import nullcontext
+from dataclasses import asdict
 
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from cocosnet.config import LossWeights, PretrainConfig, TrainConfig
 from cocosnet.losses.objective import correspondence_terms, discriminator_terms, generator_terms
 from cocosnet.losses.terms import weighted_total
 from cocosnet.models.cocosnet import CoCosNet
-from cocosnet.train.schedule import ttur
+from cocosnet.train.schedule import lr_at, ttur
 
 CORRESPONDENCE_KEYS = ("feat_align", "warp_self", "warp_cycle")
 
@@ -49,82 +59,105 @@ class EMA:
                 ema_p.copy_(p)
 
 
-class Trainer:
-    """Holds the networks, optimisers and scalers of one stage.
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
-    pretrain=True trains the matcher alone on the correspondence losses;
-    otherwise G (matcher + generator, Adam eps g_eps, lr/2) and D (2 lr).
-    """
 
-    def __init__(self, model: CoCosNet, *, weights: dict[str, float], lr: float, betas: tuple[float, float],
-                 device: torch.device, pretrain: bool, disc: nn.Module | None = None, vgg: nn.Module | None = None,
-                 g_eps: float = 1e-8, grad_clip: float = 0.0, ema_decay: float = 0.0, amp: bool = False,
-                 amp_dtype: str = "bfloat16", distributed: bool = False, seed: int = 0):
-        self.model, self.disc, self.vgg = model, disc, vgg
-        self.weights, self.device, self.pretrain = weights, device, pretrain
-        self.grad_clip, self.seed = grad_clip, seed
-        self.amp_dtype = getattr(torch, amp_dtype) if (amp and device.type == "cuda") else None
+def _optimise(loss: Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params,
+              grad_clip: float) -> None:
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(list(params), grad_clip)
+    scaler.step(opt)
+    scaler.update()
+
+
+class CorrespondenceTrainer:
+    """Pretraining of `model.matcher`; the generator is left as initialised."""
+
+    def __init__(self, model: CoCosNet, cfg: PretrainConfig, weights: LossWeights, *, device: torch.device,
+                 distributed: bool = False):
+        self.model, self.cfg, self.device = model, cfg, device
+        self.weights = {k: v for k, v in asdict(weights).items() if k in CORRESPONDENCE_KEYS}
+        self.net = DDP(model.matcher) if distributed else model.matcher
+        self.opt = torch.optim.Adam(model.matcher.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=False)
+
+    def step(self, batch: dict, step: int) -> dict[str, float]:
+        """Alignment + warp + cycle losses on the matcher."""
+        b = _to_device(batch, self.device)
+        gens = sample_generators(self.cfg.seed, step, b["index"], self.device)
+        out = self.net(b["label"], b["exemplar"], b["exemplar_label"], real=b["image"], cycle=True, generator=gens)
+        terms = correspondence_terms(out, real=b["image"], exemplar=b["exemplar"], self_ref=b["self_ref"])
+        loss = weighted_total(terms, self.weights)
+        _optimise(loss, self.opt, self.scaler, self.model.matcher.parameters(), 0.0)
+        return {**{k: v.item() for k, v in terms.items()}, "loss": loss.item()}
+
+    @torch.no_grad()
+    def sample(self, batch: dict, step: int) -> tuple[list[Tensor], Tensor | None]:
+        """(warps, None) of the matcher in eval mode, for a sample grid."""
+        b = _to_device(batch, self.device)
+        gen = torch.Generator(device=self.device).manual_seed(step)
+        out = self.model.matcher(b["label"], b["exemplar"], b["exemplar_label"], generator=gen)
+        return out.correspondence.warps, None
+
+    def final_model(self) -> CoCosNet:
+        return self.model
+
+    def state_dict(self) -> dict:
+        return {"opt": self.opt.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["opt"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+class GanTrainer:
+    """G = matcher + generator against a multiscale D, with the VGG19 losses."""
+
+    def __init__(self, model: CoCosNet, disc: nn.Module, vgg: nn.Module, cfg: TrainConfig, weights: LossWeights, *,
+                 device: torch.device, distributed: bool = False):
+        self.model, self.disc, self.vgg, self.cfg, self.device = model, disc, vgg, cfg, device
+        self.weights = asdict(weights)
+        self.amp_dtype = getattr(torch, cfg.amp_dtype) if (cfg.amp and device.type == "cuda") else None
         fp16 = self.amp_dtype is torch.float16
-        if pretrain:
-            self.net = DDP(model.matcher) if distributed else model.matcher
-            self.opt_g = torch.optim.Adam(model.matcher.parameters(), lr=lr, betas=betas)
-            self.opt_d = None
-        else:
-            if disc is None or vgg is None:
-                raise ValueError("GAN training needs a discriminator and a VGG19")
-            self.net = DDP(model) if distributed else model
-            self.d_net = DDP(disc) if distributed else disc
-            g_lr, d_lr = ttur(lr)
-            self.opt_g = torch.optim.Adam(model.parameters(), lr=g_lr, betas=betas, eps=g_eps)
-            self.opt_d = torch.optim.Adam(disc.parameters(), lr=d_lr, betas=betas)
+        self.net = DDP(model) if distributed else model
+        self.d_net = DDP(disc) if distributed else disc
+        g_lr, d_lr = ttur(cfg.lr)
+        betas = (cfg.beta1, cfg.beta2)
+        self.opt_g = torch.optim.Adam(model.parameters(), lr=g_lr, betas=betas, eps=cfg.g_eps)
+        self.opt_d = torch.optim.Adam(disc.parameters(), lr=d_lr, betas=betas)
         self.scaler_g = torch.amp.GradScaler(device.type, enabled=fp16)
         self.scaler_d = torch.amp.GradScaler(device.type, enabled=fp16)
-        self.ema = EMA(model, ema_decay) if ema_decay > 0 and not pretrain else None
-
-    def set_lr(self, lr: float) -> None:
-        g_lr, d_lr = (lr, lr) if self.pretrain else ttur(lr)
-        for group in self.opt_g.param_groups:
-            group["lr"] = g_lr
-        if self.opt_d is not None:
-            for group in self.opt_d.param_groups:
-                group["lr"] = d_lr
+        self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
 
     def _autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return nullcontext() if self.amp_dtype is None else torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _to_device(self, batch: dict) -> dict:
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+    def set_lr(self, lr: float) -> None:
+        g_lr, d_lr = ttur(lr)
+        for group in self.opt_g.param_groups:
+            group["lr"] = g_lr
+        for group in self.opt_d.param_groups:
+            group["lr"] = d_lr
 
-    def _step(self, loss: Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-              params) -> float:
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        norm = 0.0
-        if self.grad_clip > 0:
-            scaler.unscale_(opt)
-            norm = float(torch.nn.utils.clip_grad_norm_(list(params), self.grad_clip))
-        scaler.step(opt)
-        scaler.update()
-        return norm
+    def reset_ema(self) -> None:
+        """Start the average from the current weights (after initialising from the pretrain model)."""
+        if self.ema is not None:
+            self.ema.module.load_state_dict(self.model.state_dict())
 
-    def correspondence_step(self, batch: dict, step: int) -> dict[str, float]:
-        """Pretraining: alignment + warp + cycle losses on the matcher."""
-        b = self._to_device(batch)
-        gens = sample_generators(self.seed, step, b["index"], self.device)
-        with self._autocast():
-            out = self.net(b["label"], b["exemplar"], b["exemplar_label"], real=b["image"], cycle=True,
-                           generator=gens)
-            terms = correspondence_terms(out, real=b["image"], exemplar=b["exemplar"], self_ref=b["self_ref"])
-            loss = weighted_total(terms, self.weights)
-        self._step(loss, self.opt_g, self.scaler_g, self.model.matcher.parameters())
-        return {**{k: v.item() for k, v in terms.items()}, "loss": loss.item()}
+    def step(self, batch: dict, step: int) -> dict[str, float]:
+        self.set_lr(lr_at(step - 1, base=self.cfg.lr, total=self.cfg.steps, decay_start=self.cfg.decay_start))
+        metrics, fake = self.generator_step(batch, step)
+        metrics.update(self.discriminator_step(batch, fake))
+        return metrics
 
     def generator_step(self, batch: dict, step: int) -> tuple[dict[str, float], Tensor]:
         """All generator-side losses; returns the metrics and the (detached) fake for the D step."""
-        b = self._to_device(batch)
-        gens = sample_generators(self.seed, step, b["index"], self.device)
+        b = _to_device(batch, self.device)
+        gens = sample_generators(self.cfg.seed, step, b["index"], self.device)
         self.disc.requires_grad_(False)
         with self._autocast():
             out = self.net(b["label"], b["exemplar"], b["exemplar_label"], real=b["image"], cycle=True,
@@ -133,38 +166,42 @@ class Trainer:
                                     self_ref=b["self_ref"], disc=self.disc, vgg=self.vgg)
             loss = weighted_total(terms, self.weights)
         self.disc.requires_grad_(True)
-        self._step(loss, self.opt_g, self.scaler_g, self.model.parameters())
+        _optimise(loss, self.opt_g, self.scaler_g, self.model.parameters(), self.cfg.grad_clip)
         if self.ema is not None:
             self.ema.update(self.model)
         return {**{k: v.item() for k, v in terms.items()}, "loss_g": loss.item()}, out.image.detach()
 
     def discriminator_step(self, batch: dict, fake: Tensor) -> dict[str, float]:
-        b = self._to_device(batch)
+        b = _to_device(batch, self.device)
         with self._autocast():
             terms = discriminator_terms(fake, label=b["label"], real=b["image"], disc=self.d_net)
             loss = self.weights["gan"] * terms["gan"]
-        self._step(loss, self.opt_d, self.scaler_d, self.disc.parameters())
+        _optimise(loss, self.opt_d, self.scaler_d, self.disc.parameters(), self.cfg.grad_clip)
         return {"loss_d": loss.item()}
 
+    @torch.no_grad()
+    def sample(self, batch: dict, step: int) -> tuple[list[Tensor], Tensor | None]:
+        b = _to_device(batch, self.device)
+        gen = torch.Generator(device=self.device).manual_seed(step)
+        out = self.model(b["label"], b["exemplar"], b["exemplar_label"], generator=gen)
+        return out.correspondence.warps, out.image
+
+    def final_model(self) -> CoCosNet:
+        """With an EMA of G, the averaged weights are the model that is evaluated."""
+        return self.ema.module if self.ema is not None else self.model
+
     def state_dict(self) -> dict:
-        state = {"model": self.model.state_dict(), "opt_g": self.opt_g.state_dict(),
+        state = {"disc": self.disc.state_dict(), "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
                  "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict()}
-        if self.disc is not None:
-            state["disc"] = self.disc.state_dict()
-        if self.opt_d is not None:
-            state["opt_d"] = self.opt_d.state_dict()
         if self.ema is not None:
             state["ema"] = self.ema.module.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        self.disc.load_state_dict(state["disc"])
         self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
         self.scaler_g.load_state_dict(state["scaler_g"])
         self.scaler_d.load_state_dict(state["scaler_d"])
-        if self.disc is not None:
-            self.disc.load_state_dict(state["disc"])
-        if self.opt_d is not None:
-            self.opt_d.load_state_dict(state["opt_d"])
-        if self.ema is not None and "ema" in state:
+        if self.ema is not None:
             self.ema.module.load_state_dict(state["ema"])

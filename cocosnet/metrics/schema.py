@@ -1,0 +1,74 @@
+"""The layout of `reports/metrics.json`, in one place.
+
+The evaluate stage builds it, `flat_metrics` turns it into the MLflow metric
+names, the report reads its tables and directions from here, and `make compare`
+ranks runs by those names with `higher_is_better`. A new metric is added here
+once and appears everywhere.
+
+    {"pairs": int, "ref_pairs": int, "jpeg_quality": int, "vgg_weights": str,
+     "paired": {"l1" | "psnr" | "ssim": {"model": f, "copy_exemplar": f}, "lpips": {"unavailable": str}},
+     "swd": {"model": f, "copy_exemplar": f,                # avg over levels, PGGAN protocol
+             "per_level": {who: {"<px>": f, ..., "avg": f}},
+             "shared_draws": {who: f},                      # the common-random-numbers variant
+             "images": int, "resolution": int, "seed": int} | {"unavailable": str},
+     "fid": {"model": f, "copy_exemplar": f, "images": int, "weights": str} | {"unavailable": str},
+     "correspondence": {"epe_px" | "acc_1px" | "acc_3px": {who: f},   # at the finest level
+                        "per_level": {who: {"<level>": {"epe_px": f, "acc_1px": f, "acc_3px": f,
+                                                         "pixels": int}}}}}
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Better = Literal["lower", "higher"]
+
+IMAGE_WHO = ("model", "copy_exemplar")  # the output, and the baseline that copies the exemplar
+CORRESPONDENCE_WHO = ("trained", "untrained", "identity")
+PAIRED: dict[str, Better] = {"l1": "lower", "psnr": "higher", "ssim": "higher", "lpips": "lower"}
+SET: dict[str, Better] = {"swd": "lower", "fid": "lower"}
+CORRESPONDENCE: dict[str, Better] = {"epe_px": "lower", "acc_1px": "higher", "acc_3px": "higher"}
+LABELS = {"l1": "L1", "psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "swd": "SWD x1e3", "fid": "FID",
+          "epe_px": "end-point error (px)", "acc_1px": "within 1 px", "acc_3px": "within 3 px"}
+
+# The columns `make compare` shows besides the ranking metric.
+SUMMARY_METRICS = ("swd.model", "fid.model", "paired.ssim.model", "paired.psnr.model", "paired.l1.model",
+                   "correspondence.epe_px.trained", "correspondence.acc_3px.trained")
+DEFAULT_RANKING = "swd.model"
+
+
+def better(name: str) -> Better:
+    """Which way is better for an MLflow metric name from `flat_metrics` (e.g. `swd.64px.model`)."""
+    for part in reversed(name.split(".")):
+        for table in (PAIRED, SET, CORRESPONDENCE):
+            if part in table:
+                return table[part]
+    raise ValueError(f"{name!r} is not a metric of reports/metrics.json; known terms: "
+                     f"{sorted(PAIRED) + sorted(SET) + sorted(CORRESPONDENCE)}")
+
+
+def higher_is_better(name: str) -> bool:
+    return better(name) == "higher"
+
+
+def flat_metrics(metrics: dict) -> dict[str, float]:
+    """The numeric leaves of metrics.json as MLflow metric names (dots kept, levels as `level<N>`,
+    SWD resolutions as `<N>px`)."""
+    flat: dict[str, float] = {}
+    for name, d in metrics.get("paired", {}).items():
+        flat.update({f"paired.{name}.{who}": v for who, v in d.items() if who in IMAGE_WHO})
+    for group in SET:
+        d = metrics.get(group, {})
+        flat.update({f"{group}.{who}": d[who] for who in IMAGE_WHO if who in d})
+    swd = metrics.get("swd", {})
+    for who, levels in swd.get("per_level", {}).items():
+        flat.update({f"swd.{res}px.{who}": v for res, v in levels.items() if res != "avg"})
+    flat.update({f"swd.shared_draws.{who}": v for who, v in swd.get("shared_draws", {}).items()})
+    corr = metrics.get("correspondence", {})
+    for key in CORRESPONDENCE:
+        flat.update({f"correspondence.{key}.{who}": v for who, v in corr.get(key, {}).items()})
+    for who, levels in corr.get("per_level", {}).items():
+        for level, d in levels.items():
+            if d["pixels"]:
+                flat.update({f"correspondence.level{level}.{key}.{who}": d[key] for key in CORRESPONDENCE})
+    return flat

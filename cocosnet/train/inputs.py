@@ -1,0 +1,114 @@
+"""What a training stage is trained from, in one record, and the one list of what it reads.
+
+`StageSpec.params` is both the stage's `params:` in dvc.yaml (a test keeps them
+equal) and the params half of its checkpoint-compatibility check. A checkpoint
+stores `training_inputs(...)`; it is resumed only when the current record is
+equal, except for the keys that only say how long or how often
+(`RESUMABLE_KEYS`), so a longer schedule continues a finished run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cocosnet.config import Config, flatten
+from cocosnet.data.processing import image_file, label_file
+from cocosnet.deps import REPO, import_closure
+from cocosnet.io import sha256_file, sha256_files
+
+# Keys of a stage section that may change between a checkpoint and the run resuming from it.
+RESUMABLE_KEYS = ("steps", "checkpoint_every", "keep_last", "log_every", "sample_every", "workers")
+LOOP_MODULE = "cocosnet.train.loop"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A training stage: its name (= its params.yaml section) and the params it reads, as dvc.yaml
+    lists them (a section name or a dotted key)."""
+
+    name: str
+    params: tuple[str, ...]
+
+
+PRETRAIN = StageSpec("pretrain", ("data.load_size", "data.crop_size", "model", "loss_weights.feat_align",
+                                  "loss_weights.warp_self", "loss_weights.warp_cycle", "pretrain"))
+TRAIN = StageSpec("train", ("data.load_size", "data.crop_size", "model", "loss_weights", "vgg", "train"))
+STAGES = {spec.name: spec for spec in (PRETRAIN, TRAIN)}
+
+
+def _selected(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def stage_params(cfg: Config, spec: StageSpec) -> dict[str, Any]:
+    """The flattened params `spec` reads, less its resumable keys; tuples as lists (as JSON has them)."""
+    flat = flatten(asdict(cfg))
+    skip = {f"{spec.name}.{k}" for k in RESUMABLE_KEYS}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(flat.items())
+            if _selected(k, spec.params) and k not in skip}
+
+
+def training_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Train-split self pairs: the paired setting the official README trains in."""
+    return pairs[(pairs["split"] == "train") & (pairs["kind"] == "self")].reset_index(drop=True)
+
+
+def table_sha256(table: pd.DataFrame) -> str:
+    return hashlib.sha256(table.to_csv(index=False).encode("utf-8")).hexdigest()
+
+
+def data_sha256(table: pd.DataFrame, processed: Path) -> str:
+    """One digest of the cached image and label files the rows of `table` read."""
+    rels = sorted(set(table["target"]) | set(table["exemplar"]))
+    processed = Path(processed)
+    files = [f(processed / d, rel) for rel in rels for d, f in (("img", image_file), ("label", label_file))]
+    return sha256_files(files)
+
+
+def code_sha256(module: str = LOOP_MODULE) -> dict[str, str]:
+    return {str(p): sha256_file(REPO / p) for p in import_closure(module)}
+
+
+def training_inputs(cfg: Config, spec: StageSpec, pairs: pd.DataFrame, *,
+                    files: dict[str, Path | None]) -> dict:
+    """params, the training rows, the cached data they read, named input files (init model, VGG) and
+    the training code, each as a hash."""
+    table = training_pairs(pairs)
+    return {"stage": spec.name, "params": stage_params(cfg, spec), "pairs": table_sha256(table),
+            "data": data_sha256(table, Path(cfg.data.processed)),
+            "files": {name: sha256_file(path) if path is not None else None for name, path in sorted(files.items())},
+            "code": code_sha256()}
+
+
+def inputs_key(inputs: dict) -> str:
+    """A short name for a set of inputs (the folder its superseded checkpoints go to)."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode("utf-8")).hexdigest()[:12]
+
+
+def inputs_differences(saved: dict, current: dict) -> list[str]:
+    """Human-readable reasons why `saved` inputs are not `current` ([] when equal)."""
+    reasons = []
+    a, b = saved.get("params", {}), current.get("params", {})
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            reasons.append(f"{key} ({a.get(key)!r} -> {b.get(key)!r})")
+    if saved.get("pairs") != current.get("pairs"):
+        reasons.append("the training pairs changed")
+    if saved.get("data") != current.get("data"):
+        reasons.append("the cached images or labels changed")
+    fa, fb = saved.get("files", {}), current.get("files", {})
+    reasons += [f"the {name} file changed" for name in sorted(set(fa) | set(fb)) if fa.get(name) != fb.get(name)]
+    ca, cb = saved.get("code", {}), current.get("code", {})
+    changed = sorted(p for p in set(ca) | set(cb) if ca.get(p) != cb.get(p))
+    if changed:
+        reasons.append("the training code changed (" + ", ".join(changed[:4]) + (", ..." if len(changed) > 4 else "")
+                       + ")")
+    if saved.get("stage") != current.get("stage"):
+        reasons.append(f"stage {saved.get('stage')!r} -> {current.get('stage')!r}")
+    return reasons

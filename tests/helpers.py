@@ -1,0 +1,93 @@
+"""Everything the tests share: the tiny synthetic spec and training config, data preparation, planted
+correspondences. Test modules import from here, never from each other (nor does bench/)."""
+
+import argparse
+import functools
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cocosnet.config import config_from_dict, read_yaml
+from cocosnet.data.synthetic import SyntheticSpec
+from cocosnet.metrics.fid import FIDInceptionV3
+from cocosnet.models.patchmatch import sample_at
+from cocosnet.train.distributed import DistInfo
+
+TINY = SyntheticSpec(num_identities=5, views_per_identity=3, image_width=102, image_height=150,
+                     val_fraction=0.4, jpeg_quality=95, seed=3)
+CPU = DistInfo(rank=0, world=1, device=torch.device("cpu"))
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_training_config(raw_root: Path, processed: Path, crop: int = 64, **train_overrides):
+    """crop 64 for GAN training (the 4-layer discriminator needs it); 32 is enough for pretraining."""
+    raw = read_yaml(ROOT / "params.yaml")
+    raw["data"].update(root=str(raw_root), processed=str(processed), load_size=72, crop_size=crop, workers=1)
+    raw["model"]["align"].update(widths=[16, 16, 8, 8], match_channels=8, spade_hidden=8)
+    raw["model"]["correspondence"].update(num_candidates=4, iters=2, gru_hidden=8)
+    raw["model"]["generator"].update(ngf=8, head_width=16, spade_hidden=8)
+    raw["model"]["discriminator"].update(ndf=8)
+    for section in ("pretrain", "train"):
+        raw[section].update(steps=4, batch_size=2, checkpoint_every=1, keep_last=2, log_every=1,
+                            sample_every=2, workers=0, seed=5)
+    raw["train"].update(train_overrides)
+    raw["eval"].update(max_pairs=4, batch_size=2)
+    return config_from_dict(raw)
+
+
+def prepare_data(raw_root: Path, processed: Path) -> None:
+    from stages import build_pairs, prepare, render_keypoints
+
+    cfg = tiny_training_config(raw_root, processed)
+    args = argparse.Namespace(reports=str(processed / "reports"))
+    for stage in (prepare, render_keypoints, build_pairs):
+        stage.main(cfg, args)
+
+
+def state(model: torch.nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# Planted correspondences: the query is the key resampled through a known smooth warp.
+def planted(size_h: int, size_w: int, *, channels: int = 16, noise: float = 0.05, seed: int = 0):
+    """Return query, key (L2-normalised) and true (B, H, W, 2) key positions of each query pixel."""
+    g = torch.Generator().manual_seed(seed)
+    key = torch.randn(1, channels, size_h, size_w, generator=g)
+    key = F.avg_pool2d(key, 3, stride=1, padding=1, count_include_pad=False)
+    key = F.normalize(key, dim=1)
+    ys, xs = torch.meshgrid(torch.arange(size_h, dtype=torch.float32),
+                            torch.arange(size_w, dtype=torch.float32), indexing="ij")
+    dx = 3.0 + 2.5 * torch.sin(2 * math.pi * ys / size_h) + 0.3 * xs / size_w * 4
+    dy = -2.0 + 2.0 * torch.cos(2 * math.pi * xs / size_w)
+    truth = torch.stack([(xs + dx).clamp(0, size_w - 1), (ys + dy).clamp(0, size_h - 1)], dim=-1)[None]
+    query = sample_at(key, truth.unsqueeze(3))[..., 0]
+    query = query + noise * torch.randn(query.shape, generator=g)
+    return F.normalize(query, dim=1), key, truth
+
+
+def coarse_init(truth: torch.Tensor, *, jitter: float = 2.0, seed: int = 1) -> torch.Tensor:
+    """What a coarser level hands on: positions at half resolution, upsampled, plus jitter."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.round(truth / 2) * 2
+    return (coarse + (torch.rand(coarse.shape, generator=g) * 2 - 1) * jitter).unsqueeze(3)
+
+
+@functools.lru_cache(maxsize=1)
+def _calibrated_random_state(seed: int) -> dict:
+    """Random conv weights with BN statistics measured on random images, so features vary between images."""
+    torch.manual_seed(seed)
+    model = FIDInceptionV3()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # cumulative average: one batch sets the statistics
+    with torch.no_grad():
+        model.train()(torch.rand(6, 3, 64, 64))
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    state["fc.weight"], state["fc.bias"] = torch.randn(1008, 2048), torch.randn(1008)
+    return state
+
+
+def random_pytorch_fid_state(seed=0):
+    return dict(_calibrated_random_state(seed))
