@@ -1,4 +1,5 @@
 import dataclasses
+import re
 import shutil
 import typing
 
@@ -81,3 +82,42 @@ def test_profiles_are_override_files(tmp_path):
     typo.write_text("data:\n  crop_sise: 3\n")
     with pytest.raises(ConfigError, match="data.crop_sise"):
         apply_profile(params, typo)
+
+
+def _with(dotted: str, value):
+    raw = read_yaml(ROOT / "params.yaml")
+    node = raw
+    *parents, key = dotted.split(".")
+    for name in parents:
+        node = node[name]
+    node[key] = value
+    return raw
+
+
+@pytest.mark.parametrize("dotted,value,expected", [
+    ("eval.max_pairs", -1, ">= 0"), ("eval.batch_size", 0, ">= 1"), ("eval.jpeg_quality", 500, "in [1, 100]"),
+    ("train.lr", -1.0, "> 0"), ("train.ema_decay", 1.5, "in [0, 1)"), ("train.beta2", 2.0, "in [0, 1)"),
+    ("model.correspondence.iters", 0, ">= 1"), ("model.correspondence.temperature", 0.0, "> 0"),
+    ("data.workers", -3, ">= 0"), ("eval.swd_size", -1, ">= 16 or 0"), ("eval.swd_size", 8, ">= 16 or 0"),
+    ("pretrain.lr", 0.0, "> 0"), ("model.align.widths", [16, 0, 8, 8], ">= 1"),
+    ("loss_weights.warp_self", -1.0, ">= 0"), ("synthetic.jpeg_quality", 0, "in [1, 100]"),
+    ("vgg.weights", "", "a non-empty string"), ("train.decay_start", 500, "must be < train.steps"),
+])
+def test_each_out_of_range_param_is_refused_by_name_before_any_work(dotted, value, expected):
+    with pytest.raises(ConfigError, match=re.escape(dotted) + ".*" + re.escape(expected)):
+        config_from_dict(_with(dotted, value))
+
+
+def test_every_numeric_and_path_param_has_a_stated_range():
+    def walk(cls, prefix=""):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                yield from walk(tp, f"{prefix}{f.name}.")
+            elif tp in (int, float) or typing.get_origin(tp) is tuple:
+                yield f"{prefix}{f.name}", f.metadata.get("check")
+
+    unchecked = [key for key, rule in walk(Config) if rule is None]
+    assert not unchecked, f"params without a range: {unchecked}"
+    config_from_dict(_with("eval.swd_size", 0))  # 0 = as generated, outside the range but allowed

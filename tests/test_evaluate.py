@@ -92,6 +92,13 @@ def test_evaluate_stage_writes_outputs_metrics_report_and_mlflow(setup, tmp_path
     assert run["metrics.correspondence.level0.epe_px.identity"] == pytest.approx(
         corr["per_level"]["identity"]["0"]["epe_px"])
     assert run["tags.fid"] == "unavailable"
+    assert run["metrics.swd.shared_draws.model"] == pytest.approx(swd["shared_draws"]["model"])
+
+    # A second run writes the same bytes: no timestamps or run ids in the report, metrics or images.
+    run_stage(cfg, model_path, tmp_path / "again", monkeypatch, uri)
+    for rel in ("metrics.json", "eval/report.html", "eval/samples.png", "eval/correspondence.png",
+                "eval/outputs/ref/fake/00000.jpg"):
+        assert (tmp_path / "again" / rel).read_bytes() == (tmp_path / "reports" / rel).read_bytes(), rel
 
 
 def test_a_killed_evaluation_reuses_its_finished_batches(setup, tmp_path):
@@ -174,3 +181,15 @@ def test_set_metrics_compute_fid_when_a_weights_file_is_given(setup, tmp_path):
     swd, fid = evaluation.set_metrics(cfg, tmp_path / "set", device=torch.device("cpu"))
     assert fid["images"] == 4 and fid["model"] > 1e-3 and fid["copy_exemplar"] > 1e-3 and "unavailable" not in fid
     assert swd["resolution"] == 16 and set(swd["per_level"]["model"]) == {"16", "avg"}
+
+
+def test_compare_escapes_what_it_copies_from_mlflow():
+    runs = _runs({"swd.model": [2.0, 1.0], "loss_g": [3.0, 4.0]}, [1e-4, 2e-4])
+    runs["params.vgg.weights"] = ["a|b`c", "x\ny <script>_*"]
+    md = to_markdown(rank_runs(runs, "swd.model"), "swd.model", experiment_names={"1": "exp|name"})
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    widths = {len(re.findall(r"(?<!\\)\|", line)) for line in table}
+    assert len(widths) == 1  # no copied value adds or removes a column
+    assert "a\\|b\\`c" in md and "x y \\<script\\>\\_\\*" in md and "exp\\|name" in md
+    with pytest.raises(ValueError, match="--direction"):
+        rank_runs(runs, "loss_g")
