@@ -5,7 +5,7 @@ paired sample: the target photo is a valid reconstruction target) and `ref`
 otherwise. All paths are relative to the data root.
 
 From the official lists (when the data root has them), following the
-official loader (`reference/official_cocosnet_v2.md` §1.5):
+official loader (`DeepFashionHDDataset` in the official code, `data/`):
   * every target gets one row per entry of its `deepfashion_self_pair.txt`
     line, in list order, so the first row of a target is the official
     training exemplar;

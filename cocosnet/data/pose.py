@@ -1,7 +1,7 @@
 """OpenPose keypoints -> the official CoCosNet v2 20-channel pose label.
 
 The label is built exactly as the official DeepFashion-HD loader builds it
-(`reference/official_cocosnet_v2.md` §1.4), bit for bit on the 1024 canvas:
+(`DeepFashionHDDataset.get_label_tensor` in the official code), bit for bit on the 1024 canvas:
 18 joint discs, then 17 limb ellipses alpha-blended 0.4/0.6, converted
 BGR->RGB (so the palette's (255, 0, 0) comes out blue), plus one L1
 distance map per limb, divided by 3, clipped and truncated to uint8.

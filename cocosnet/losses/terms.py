@@ -2,7 +2,7 @@
 
 Sample weighting (warp, fm): w_b = self_ref_b / (sum_b self_ref_b + 1e-5), then
 a per-sample mean. The official code also divides by the batch through
-`mean`, so its effective weights depend on the per-GPU batch (reference §6.9);
+`mean`, so its effective weights depend on the per-GPU batch;
 here they do not.
 """
 

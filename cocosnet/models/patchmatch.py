@@ -1,6 +1,6 @@
 """Differentiable PatchMatch over continuous candidate positions, and its ConvGRU update.
 
-Differences from the official `PatchMatchGRU` (reference §2.2, §6):
+Differences from the official `PatchMatchGRU` (also listed in docs/model.md):
   * candidates are continuous (x, y) positions; scores and warped colours are
     bilinear samples at those positions, so gradient reaches the positions,
     and through them the GRU (the official GRU never gets a gradient);

@@ -107,7 +107,7 @@ def run_training(cfg: Config, spec: StageSpec, pairs: pd.DataFrame, paths: RunPa
     """Train `spec` to its step count; returns the last metrics and the model written to `paths.out_model`."""
     section = section_of(cfg, spec)
     files = {"init": paths.init}
-    if spec.name == "train" and cfg.vgg.weights != "random":
+    if isinstance(section, TrainConfig) and cfg.vgg.weights != "random":
         files["vgg"] = Path(cfg.vgg.weights)
     inputs = training_inputs(cfg, spec, pairs, files=files)
     trainer = build(cfg, spec, info.device, distributed=info.world > 1)

@@ -2,7 +2,7 @@
 
 The official trainer defines `update_learning_rate` twice; the second wins and
 sets G and D to the same LR after the first epoch, silently dropping TTUR
-(reference §4, §6.6). Here TTUR holds for the whole run.
+(see docs/training.md). Here TTUR holds for the whole run.
 """
 
 from __future__ import annotations
