@@ -90,19 +90,25 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class AlignConfig:
-    widths: tuple[int, ...] = check(1)  # output widths at 1/8, 1/4, 1/2, 1/1 (official 128, 128, 64, 32)
+    widths: tuple[int, ...] = check(1)  # one per pyramid level, coarse to fine (official 128, 128, 64, 32)
     match_channels: int = check(1)
     spade_hidden: int = check(1)
 
 
 @dataclass(frozen=True)
 class CorrespondenceConfig:
-    num_candidates: int = check(1)
-    iters: int = check(1)
+    """Dense matching at the coarsest level, then one PatchMatch level per finer level. The tuples hold
+    one entry per PatchMatch level (len(align.widths) - 1), coarse to fine."""
+
+    num_candidates: tuple[int, ...] = check(1)  # k kept per pixel (official 16)
+    iters: tuple[int, ...] = check(1)  # PatchMatch (+ GRU) iterations (official 5)
+    gru: tuple[bool, ...]  # learned GRU update after each iteration; false = search only (the official in effect)
+    update_stride: tuple[int, ...] = check(1)  # the GRU runs on a grid pooled this many times
+    search_radius: tuple[float, ...] = check(**POSITIVE)  # first random-search radius (level px), halved per iteration
+    search_samples: tuple[int, ...] = check(0)  # random-search samples per pixel and iteration
+    handed_down: tuple[int, ...] = check(1)  # best candidates of the coarser level that start this one (official 1)
     gru_hidden: int = check(1)
     temperature: float = check(**POSITIVE)
-
-
 @dataclass(frozen=True)
 class GeneratorConfig:
     ngf: int = check(1)
@@ -299,10 +305,23 @@ def _check_consistency(cfg: Config) -> None:
     d = cfg.data
     if d.crop_size > d.load_size:
         raise ConfigError(f"data.crop_size ({d.crop_size}) must not exceed data.load_size ({d.load_size})")
-    if d.crop_size % 8:
-        raise ConfigError(f"data.crop_size ({d.crop_size}) must be divisible by 8 (4 pyramid levels)")
-    if len(cfg.model.align.widths) != 4:
-        raise ConfigError(f"model.align.widths must list 4 levels, got {list(cfg.model.align.widths)}")
+    levels = len(cfg.model.align.widths)
+    if levels < 2:
+        raise ConfigError(f"model.align.widths must list 2 or more levels, got {list(cfg.model.align.widths)}")
+    stride = 2 ** (levels - 1)
+    if d.crop_size % stride:
+        raise ConfigError(f"data.crop_size ({d.crop_size}) must be divisible by {stride} ({levels} pyramid levels)")
+    c = cfg.model.correspondence
+    for f in fields(c):
+        value = getattr(c, f.name)
+        if isinstance(value, tuple) and len(value) != levels - 1:
+            raise ConfigError(f"model.correspondence.{f.name} must list {levels - 1} values, one per PatchMatch "
+                              f"level ({levels} levels in model.align.widths), got {list(value)}")
+    for i, (handed, k) in enumerate(zip(c.handed_down, c.num_candidates)):
+        coarser = c.num_candidates[i - 1] if i else None
+        if handed > k or (coarser is not None and handed > coarser):
+            raise ConfigError(f"model.correspondence.handed_down[{i}] ({handed}) must not exceed this level's "
+                              f"num_candidates ({k})" + (f" nor the coarser level's ({coarser})" if coarser else ""))
     if cfg.train.decay_start >= cfg.train.steps:
         raise ConfigError(f"train.decay_start ({cfg.train.decay_start}) must be < train.steps ({cfg.train.steps}), "
                           "or -1 for a constant LR")

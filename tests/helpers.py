@@ -26,7 +26,7 @@ def tiny_training_config(raw_root: Path, processed: Path, crop: int = 64, **trai
     raw = read_yaml(ROOT / "params.yaml")
     raw["data"].update(root=str(raw_root), processed=str(processed), load_size=72, crop_size=crop, workers=1)
     raw["model"]["align"].update(widths=[16, 16, 8, 8], match_channels=8, spade_hidden=8)
-    raw["model"]["correspondence"].update(num_candidates=4, iters=2, gru_hidden=8)
+    raw["model"]["correspondence"].update(num_candidates=[4, 4, 4], iters=[2, 2, 2], handed_down=[4, 4, 4], gru_hidden=8)
     raw["model"]["generator"].update(ngf=8, head_width=16, spade_hidden=8)
     raw["model"]["discriminator"].update(ndf=8)
     for section in ("pretrain", "train"):

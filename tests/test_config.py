@@ -97,7 +97,7 @@ def _with(dotted: str, value):
 @pytest.mark.parametrize("dotted,value,expected", [
     ("eval.max_pairs", -1, ">= 0"), ("eval.batch_size", 0, ">= 1"), ("eval.jpeg_quality", 500, "in [1, 100]"),
     ("train.lr", -1.0, "> 0"), ("train.ema_decay", 1.5, "in [0, 1)"), ("train.beta2", 2.0, "in [0, 1)"),
-    ("model.correspondence.iters", 0, ">= 1"), ("model.correspondence.temperature", 0.0, "> 0"),
+    ("model.correspondence.iters", [3, 0, 3], ">= 1"), ("model.correspondence.temperature", 0.0, "> 0"),
     ("data.workers", -3, ">= 0"), ("eval.swd_size", -1, ">= 16 or 0"), ("eval.swd_size", 8, ">= 16 or 0"),
     ("pretrain.lr", 0.0, "> 0"), ("model.align.widths", [16, 0, 8, 8], ">= 1"),
     ("loss_weights.warp_self", -1.0, ">= 0"), ("synthetic.jpeg_quality", 0, "in [1, 100]"),
@@ -115,7 +115,7 @@ def test_every_numeric_and_path_param_has_a_stated_range():
             tp = hints[f.name]
             if dataclasses.is_dataclass(tp):
                 yield from walk(tp, f"{prefix}{f.name}.")
-            elif tp in (int, float) or typing.get_origin(tp) is tuple:
+            elif tp in (int, float) or (typing.get_origin(tp) is tuple and typing.get_args(tp)[0] in (int, float)):
                 yield f"{prefix}{f.name}", f.metadata.get("check")
 
     unchecked = [key for key, rule in walk(Config) if rule is None]

@@ -19,7 +19,8 @@ def tiny_config():
     m = cfg.model
     model = dataclasses.replace(
         m, align=dataclasses.replace(m.align, widths=(16, 16, 8, 8), match_channels=8, spade_hidden=8),
-        correspondence=dataclasses.replace(m.correspondence, num_candidates=4, iters=2, gru_hidden=8),
+        correspondence=dataclasses.replace(m.correspondence, num_candidates=(4, 4, 4), iters=(2, 2, 2),
+                                          handed_down=(4, 4, 4), gru_hidden=8),
         generator=dataclasses.replace(m.generator, ngf=8, head_width=16, spade_hidden=8),
         discriminator=dataclasses.replace(m.discriminator, ndf=8))
     return dataclasses.replace(cfg, model=model)

@@ -1,7 +1,10 @@
-"""Domain-alignment U-Net: label (20 ch) or exemplar (3 + 20 ch) -> features at 1/8, 1/4, 1/2, 1/1.
+"""Domain-alignment U-Net: label (20 ch) or exemplar (3 + 20 ch) -> features at L pyramid levels.
 
-Widths (coarse to fine) default to the official 128/128/64/32; the encoder
-widths follow from them as in the official network (32, 64, 128, 128, 128).
+`widths` lists the output width of each level, coarse to fine; with L levels the
+coarsest is at 1/2^(L-1). The official network has 4 (128/128/64/32 at 1/8 to
+1/1) and encoder widths (32, 64, 128, 128, 128); for L levels the encoder is the
+widths reversed plus one more of the coarsest width, which gives exactly that
+network for L = 4.
 """
 
 from __future__ import annotations
@@ -16,11 +19,11 @@ class AlignUNet(nn.Module):
     def __init__(self, in_nc: int, widths: tuple[int, ...] = (128, 128, 64, 32), *,
                  match_channels: int = 32, spade_hidden: int = 128):
         super().__init__()
-        if len(widths) != 4:
-            raise ValueError(f"align widths must list 4 levels (coarse to fine), got {widths}")
-        w0, w1, w2, w3 = widths
-        enc = (w3, w2, w1, w0, w0)  # L1 .. L5
-        strides = (1, 1, 2, 2, 2)
+        if len(widths) < 2:
+            raise ValueError(f"align widths must list 2 or more levels (coarse to fine), got {widths}")
+        self.num_levels = len(widths)
+        enc = (*reversed(widths), widths[0])  # L1 .. L(n+1)
+        strides = (1, 1) + (2,) * (len(widths) - 1)
         self.encoder = nn.ModuleList()
         fin = in_nc
         for i, (fout, stride) in enumerate(zip(enc, strides)):
@@ -30,28 +33,30 @@ class AlignUNet(nn.Module):
                 layers.append(ResidualBlock(fout))
             self.encoder.append(nn.Sequential(*layers))
             fin = fout
-        # Decoder: head on L5, then up + skip (L4, L3, L2), each a SPADE block on the input.
-        self.decoder = nn.ModuleList([SPADEResBlock(w0, w0, in_nc, spade_hidden=spade_hidden),
-                                      SPADEResBlock(w0, w1, in_nc, spade_hidden=spade_hidden),
-                                      SPADEResBlock(w1, w2, in_nc, spade_hidden=spade_hidden),
-                                      SPADEResBlock(w2, w3, in_nc, spade_hidden=spade_hidden)])
+        # Decoder: a head on the coarsest encoder output, then up + skip per finer level, each a SPADE block
+        # on the input.
+        self.decoder = nn.ModuleList(
+            [SPADEResBlock(widths[0], widths[0], in_nc, spade_hidden=spade_hidden)]
+            + [SPADEResBlock(widths[i - 1], widths[i], in_nc, spade_hidden=spade_hidden)
+               for i in range(1, len(widths))])
         self.project = nn.ModuleList([nn.Conv2d(w, match_channels, 1) for w in widths])
 
     def forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """x (B, in_nc, H, W) with H, W divisible by 8.
+        """x (B, in_nc, H, W) with H, W divisible by 2^(L-1).
 
-        Returns (features, matching): features[l] (B, widths[l], H/2^(3-l), W/2^(3-l)),
-        L2-normalised over channels (for the alignment loss); matching[l] the
-        1x1 projection to match_channels with PONO_C centring, L2-normalised.
+        Returns (features, matching), coarse to fine: features[l] (B, widths[l],
+        H/2^(L-1-l), W/2^(L-1-l)), L2-normalised over channels (for the alignment
+        loss); matching[l] the 1x1 projection to match_channels with PONO_C
+        centring, L2-normalised.
         """
         skips = []
         h = x
         for layer in self.encoder:
             h = layer(h)
             skips.append(h)
-        l2, l3, l4, l5 = skips[1:]
-        feats = [self.decoder[0](l5, x)]
-        for block, skip in zip(self.decoder[1:], (l4, l3, l2)):
+        skips = skips[1:]  # the full-resolution L2 .. the coarsest
+        feats = [self.decoder[0](skips[-1], x)]
+        for block, skip in zip(self.decoder[1:], reversed(skips[:-1])):
             up = F.interpolate(feats[-1], size=skip.shape[-2:], mode="bilinear", align_corners=True)
             feats.append(block(up + skip, x))
         feats = [F.normalize(f, dim=1) for f in feats]

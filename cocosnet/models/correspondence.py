@@ -3,8 +3,9 @@
 Level 0 matches every target pixel against every exemplar pixel (cosine / tau)
 and warps with the softmax; in training it also builds the cycle warp back to
 the exemplar frame. Its top-k exemplar positions, scaled to the next level,
-initialise that level's PatchMatch (all k candidates, where the official code
-keeps only #0); each finer level hands its k candidates on the same way.
+initialise that level's PatchMatch; `handed_down` says how many (the official
+code hands down only #0; the demo hands down all k). Each finer level hands its
+best candidates on the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from cocosnet.config import CorrespondenceConfig
 from cocosnet.models.blocks import resize_to
 from cocosnet.models.patchmatch import Generators, PatchMatchGRU
 
@@ -61,25 +63,29 @@ def upsample_candidates(coords: Tensor, size: tuple[int, int], key_size: tuple[i
 
 
 class HierarchicalCorrespondence(nn.Module):
-    """Level 0 dense, then one PatchMatchGRU per finer level (a ModuleList over levels)."""
+    """Level 0 dense, then one PatchMatchGRU per finer level (a ModuleList over levels), each built from
+    its entries of the config's per-level tuples."""
 
-    def __init__(self, num_levels: int = 4, *, match_channels: int = 32, num_candidates: int = 16,
-                 iters: int = 5, gru_hidden: int = 32, temperature: float = 0.01):
+    def __init__(self, match_channels: int, cfg: CorrespondenceConfig):
         super().__init__()
-        self.k, self.temperature = num_candidates, temperature
+        self.temperature, self.handed_down = cfg.temperature, cfg.handed_down
         self.levels = nn.ModuleList([
-            PatchMatchGRU(match_channels, num_candidates=num_candidates, iters=iters, hidden_dim=gru_hidden,
-                          temperature=temperature) for _ in range(num_levels - 1)])
+            PatchMatchGRU(match_channels, num_candidates=k, iters=iters, hidden_dim=cfg.gru_hidden,
+                          temperature=cfg.temperature, update_stride=stride, gru=gru, search_radius=radius,
+                          search_samples=samples)
+            for k, iters, gru, stride, radius, samples in zip(
+                cfg.num_candidates, cfg.iters, cfg.gru, cfg.update_stride, cfg.search_radius, cfg.search_samples)])
 
     def forward(self, query: list[Tensor], key: list[Tensor], exemplar: Tensor, *, cycle: bool = False,
                 generator: Generators = None) -> CorrespondenceOutput:
         """query/key: matching features per level, coarse to fine; exemplar (B, 3, H, W) in [-1, 1]."""
         colors = [resize_to(exemplar, k.shape[-2:], "area") for k in key]
         warp, cycle_warp, coords, scores = dense_match(query[0], key[0], colors[0], temperature=self.temperature,
-                                                       k=self.k, cycle=cycle)
+                                                       k=self.handed_down[0], cycle=cycle)
         out = CorrespondenceOutput([warp], cycle_warp, [coords], [scores])
         for i, level in enumerate(self.levels, start=1):
-            init = upsample_candidates(coords.detach(), tuple(query[i].shape[-2:]), tuple(key[i].shape[-2:]),
+            handed = coords[..., :self.handed_down[i - 1], :].detach()  # the best of the coarser level
+            init = upsample_candidates(handed, tuple(query[i].shape[-2:]), tuple(key[i].shape[-2:]),
                                        tuple(key[i - 1].shape[-2:]))
             coords, scores, warp = level(query[i], key[i], colors[i], init=init, generator=generator)
             out.warps.append(warp)

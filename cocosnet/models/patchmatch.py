@@ -135,11 +135,11 @@ def search_step(query: Tensor, key: Tensor, coords: Tensor, scores: Tensor, *, r
         return select_top_k(all_coords, all_scores, k, hk, wk)
 
 
-def initial_candidates(query: Tensor, key: Tensor, k: int, init: Tensor | None,
-                       generator: Generators) -> tuple[Tensor, Tensor, float]:
-    """Start from `init` (any k0 >= 1, padded by random samples around its first
-    candidate) or, with init None, from uniform random positions. Returns the
-    top-k candidates, their scores and the first random-search radius."""
+def initial_candidates(query: Tensor, key: Tensor, k: int, init: Tensor | None, generator: Generators, *,
+                       radius: float = 4.0) -> tuple[Tensor, Tensor, float]:
+    """Start from `init` (any k0 >= 1, padded by random samples within `radius` of its first
+    candidate) or, with init None, from uniform random positions (then the first random-search
+    radius is half the key's size). Returns the top-k candidates, their scores and that radius."""
     b, _, h, w = query.shape
     hk, wk = key.shape[-2:]
     with torch.no_grad():
@@ -151,7 +151,6 @@ def initial_candidates(query: Tensor, key: Tensor, k: int, init: Tensor | None,
             if init.dim() != 5 or init.shape[:3] != (b, h, w) or init.shape[-1] != 2:
                 raise ValueError(f"init must be (B, H, W, k0, 2) = ({b}, {h}, {w}, k0, 2), got {tuple(init.shape)}")
             coords = init.to(query.dtype)
-            radius = 4.0
             if coords.shape[3] < k:
                 extra = k - coords.shape[3]
                 noise = uniform((b, h, w, extra, 2), generator, query) * 2 - 1
@@ -166,7 +165,8 @@ def patch_match(query: Tensor, key: Tensor, *, k: int = 16, iters: int = 5, init
 
     query (B, C, H, W), key (B, C, Hk, Wk): features, already L2-normalised over C.
     init (B, H, W, k0, 2) float (x, y) positions in key pixels, any k0 >= 1;
-    None = random start. Returns coords (B, H, W, k, 2) float (x, y) in key
+    None = random start. The random search uses the defaults of `PatchMatchGRU` (radius 4 with an
+    init, halved every iteration; 4 samples per pixel and iteration). Returns coords (B, H, W, k, 2) float (x, y) in key
     pixels, best first, and scores (B, H, W, k), the matching similarity,
     sorted descending and differentiable with respect to query and key.
     """
@@ -175,8 +175,7 @@ def patch_match(query: Tensor, key: Tensor, *, k: int = 16, iters: int = 5, init
                          f"{tuple(query.shape)} and {tuple(key.shape)}")
     coords, scores, radius = initial_candidates(query, key, k, init, generator)
     for it in range(iters):
-        coords, scores = search_step(query, key, coords, scores, radius=radius * 0.5 ** it,
-                                     generator=generator)
+        coords, scores = search_step(query, key, coords, scores, radius=radius * 0.5 ** it, generator=generator)
     scores = candidate_scores(query, key, coords)
     scores, order = scores.sort(dim=-1, descending=True)
     return coords.gather(-2, order.unsqueeze(-1).expand(*order.shape, 2)), scores
@@ -199,18 +198,24 @@ class PatchMatchGRU(nn.Module):
     With `update_stride` s > 1 the GRU runs on an s-times pooled grid and its
     deltas are upsampled bilinearly (RAFT runs its GRU at 1/8): the search
     stays per pixel, the learned refinement is smooth, and the update costs s^2
-    times less.
+    times less. With `gru=False` the level is search only (what the official
+    code does in effect, since its GRU never learns): no GRU parameters, and
+    the final positions are the searched ones.
     """
 
-    def __init__(self, feature_dim: int, *, num_candidates: int = 16, iters: int = 5,
-                 hidden_dim: int = 32, temperature: float = 0.01, update_stride: int = 2):
+    def __init__(self, feature_dim: int, *, num_candidates: int = 16, iters: int = 5, hidden_dim: int = 32,
+                 temperature: float = 0.01, update_stride: int = 2, gru: bool = True, search_radius: float = 4.0,
+                 search_samples: int = 4):
         super().__init__()
         self.k, self.iters, self.temperature = num_candidates, iters, temperature
-        self.stride = update_stride
-        self.hidden_init = nn.Sequential(
-            nn.Conv2d(2 * feature_dim, hidden_dim, 3, padding=1, bias=False), nn.InstanceNorm2d(hidden_dim), nn.ReLU(),
-            nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, bias=False), nn.InstanceNorm2d(hidden_dim), nn.ReLU())
-        self.update = UpdateBlock(num_candidates, hidden_dim)
+        self.stride, self.gru = update_stride, gru
+        self.search_radius, self.search_samples = search_radius, search_samples
+        if gru:
+            self.hidden_init = nn.Sequential(
+                nn.Conv2d(2 * feature_dim, hidden_dim, 3, padding=1, bias=False), nn.InstanceNorm2d(hidden_dim),
+                nn.ReLU(), nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, bias=False),
+                nn.InstanceNorm2d(hidden_dim), nn.ReLU())
+            self.update = UpdateBlock(num_candidates, hidden_dim)
 
     def _pool(self, x: Tensor) -> Tensor:
         if self.stride == 1:
@@ -240,12 +245,16 @@ class PatchMatchGRU(nn.Module):
         """
         b, _, h, w = query.shape
         hk, wk = key.shape[-2:]
-        coords, scores, radius = initial_candidates(query, key, self.k, init, generator)
-        hidden = self.hidden_init(self._pool(torch.cat([query, sample_at(key, coords[..., :1, :])[..., 0]], dim=1)))
-        grid = pixel_grid(b, h, w, query.device, query.dtype) * query.new_tensor([wk / w, hk / h])
+        coords, scores, radius = initial_candidates(query, key, self.k, init, generator, radius=self.search_radius)
+        if self.gru:
+            hidden = self.hidden_init(self._pool(torch.cat([query, sample_at(key, coords[..., :1, :])[..., 0]], 1)))
+            grid = pixel_grid(b, h, w, query.device, query.dtype) * query.new_tensor([wk / w, hk / h])
         for it in range(self.iters):
             searched, scores = search_step(query, key, coords.detach(), scores, radius=radius * 0.5 ** it,
-                                           generator=generator)
+                                           num_random=self.search_samples, generator=generator)
+            if not self.gru:
+                coords = searched
+                continue
             hidden, delta = self._update(hidden, scores, searched - grid)
             coords = clamp_coords(searched + delta, hk, wk)
             with torch.no_grad():

@@ -1,0 +1,151 @@
+"""Every PatchMatch setting is a per-level config key, and each one changes behaviour; levels follow the widths."""
+
+import pytest
+import torch
+
+import cocosnet.models.patchmatch as pm
+from cocosnet.config import ConfigError, config_from_dict, read_yaml
+from cocosnet.models.cocosnet import CoCosNet
+from cocosnet.models.correspondence import HierarchicalCorrespondence, dense_match, upsample_candidates
+from cocosnet.models.patchmatch import PatchMatchGRU
+from tests.helpers import ROOT, coarse_init, planted
+
+
+def corr_config(levels=4, **per_level):
+    raw = read_yaml(ROOT / "params.yaml")
+    n = levels - 1
+    raw["model"]["align"].update(widths=[16] * (levels - 1) + [8], match_channels=8, spade_hidden=8)
+    c = raw["model"]["correspondence"]
+    c.update(num_candidates=[4] * n, iters=[2] * n, gru=[True] * n, update_stride=[2] * n, search_radius=[4.0] * n,
+             search_samples=[4] * n, handed_down=[4] * n, gru_hidden=8)
+    c.update(per_level)
+    raw["model"]["generator"].update(ngf=8, head_width=16, spade_hidden=8)
+    raw["data"].update(crop_size=2 ** (levels - 1) * 4, load_size=2 ** (levels - 1) * 4)
+    return config_from_dict(raw)
+
+
+def inputs(size, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(1, 20, size, size, generator=g), torch.rand(1, 3, size, size, generator=g) * 2 - 1,
+            torch.rand(1, 20, size, size, generator=g), torch.rand(1, 3, size, size, generator=g) * 2 - 1)
+
+
+def test_gru_off_is_search_only_the_final_positions_are_the_searched_ones():
+    query, key, truth = planted(32, 32, seed=2)
+    init = coarse_init(truth)
+    colors = torch.rand(1, 3, 32, 32)
+    level = PatchMatchGRU(16, num_candidates=8, iters=3, gru=False).train()
+    assert not list(level.parameters())
+    coords, _, _ = level(query, key, colors, init=init, generator=torch.Generator().manual_seed(4))
+    searched, _ = pm.patch_match(query, key, k=8, iters=3, init=init, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(coords, searched)
+    moved, _, _ = PatchMatchGRU(16, num_candidates=8, iters=3).train()(
+        query, key, colors, init=init, generator=torch.Generator().manual_seed(4))
+    assert not torch.equal(moved, searched)  # the GRU's deltas move them
+
+
+def test_one_handed_down_candidate_starts_every_finer_level_from_the_coarse_best(monkeypatch):
+    seen = []
+    original = PatchMatchGRU.forward
+
+    def record(self, query, key, colors, init=None, generator=None):
+        seen.append(init)
+        return original(self, query, key, colors, init=init, generator=generator)
+
+    monkeypatch.setattr(PatchMatchGRU, "forward", record)
+    cfg = corr_config(handed_down=[1, 1, 1])
+    corr = HierarchicalCorrespondence(8, cfg.model.correspondence)
+    g = torch.Generator().manual_seed(0)
+    query = [torch.nn.functional.normalize(torch.randn(1, 8, s, s, generator=g), dim=1) for s in (4, 8, 16, 32)]
+    key = [torch.nn.functional.normalize(torch.randn(1, 8, s, s, generator=g), dim=1) for s in (4, 8, 16, 32)]
+    out = corr(query, key, torch.rand(1, 3, 32, 32))
+    assert [init.shape[3] for init in seen] == [1, 1, 1]
+    for i, init in enumerate(seen):
+        best = out.coords[i][..., :1, :]
+        expected = upsample_candidates(best, tuple(query[i + 1].shape[-2:]), tuple(key[i + 1].shape[-2:]),
+                                       tuple(key[i].shape[-2:]))
+        assert torch.equal(init, expected)
+    seen.clear()
+    HierarchicalCorrespondence(8, corr_config(handed_down=[3, 2, 4]).model.correspondence)(query, key,
+                                                                                           torch.rand(1, 3, 32, 32))
+    assert [init.shape[3] for init in seen] == [3, 2, 4]
+    _, _, dense_coords, _ = dense_match(query[0], key[0], torch.rand(1, 3, 4, 4), temperature=0.01, k=3, cycle=False)
+    assert torch.equal(seen[0], upsample_candidates(dense_coords, (8, 8), (8, 8), (4, 4)))
+
+
+@pytest.mark.parametrize("samples,radius", [(0, 4.0), (4, 4.0), (6, 1.5)])
+def test_random_search_count_and_radius(monkeypatch, samples, radius):
+    evaluated = []
+    original = pm.candidate_scores
+
+    def record(query, key, coords):
+        evaluated.append(coords.detach().clone())
+        return original(query, key, coords)
+
+    monkeypatch.setattr(pm, "candidate_scores", record)
+    query, key, truth = planted(16, 16, seed=1)
+    level = PatchMatchGRU(16, num_candidates=4, iters=1, gru=False, search_radius=radius, search_samples=samples)
+    init = coarse_init(truth)
+    level(query, key, torch.rand(1, 3, 16, 16), init=init, generator=torch.Generator().manual_seed(0))
+    start = evaluated[0]  # the initial candidates; evaluated[1] is the first search step's new candidates
+    new = evaluated[1]
+    assert new.shape[3] == 4 * 1 + 1 + samples  # 4 neighbours' best, the rounded best, the random samples
+    if samples:
+        best = pm.select_top_k(start, original(query, key, start), 4, 16, 16)[0][..., :1, :]
+        random = new[..., 5:, :]
+        inside = (random - best).abs() <= radius + 1e-5
+        at_border = (random == 0) | (random == 15)
+        assert (inside | at_border).all()
+        assert (random - best).abs().amax() > radius / 4  # the samples spread to the radius
+
+
+def test_iterations_and_update_stride_per_level(monkeypatch):
+    steps, grids = [], []
+    original_step, original_update = pm.search_step, PatchMatchGRU._update
+    monkeypatch.setattr(pm, "search_step", lambda *a, **k: steps.append(1) or original_step(*a, **k))
+
+    def update(self, h, scores, offsets):
+        grids.append((self.stride, tuple(h.shape[-2:])))
+        return original_update(self, h, scores, offsets)
+
+    monkeypatch.setattr(PatchMatchGRU, "_update", update)
+    cfg = corr_config(iters=[1, 3, 2], update_stride=[1, 2, 4])
+    model = CoCosNet.from_config(cfg)
+    label, exemplar, exemplar_label, _ = inputs(32)
+    model(label, exemplar, exemplar_label)
+    assert len(steps) == 1 + 3 + 2
+    assert sorted(set(grids)) == [(1, (8, 8)), (2, (8, 8)), (4, (8, 8))]  # 8/1, 16/2 and 32/4
+
+
+@pytest.mark.parametrize("levels", [3, 5])
+def test_the_number_of_levels_follows_the_widths(levels):
+    cfg = corr_config(levels)
+    model = CoCosNet.from_config(cfg)
+    size = 2 ** (levels - 1) * 4
+    label, exemplar, exemplar_label, real = inputs(size)
+    out = model(label, exemplar, exemplar_label, real=real, cycle=True)
+    assert len(model.matcher.correspondence.levels) == levels - 1
+    assert [w.shape[-1] for w in out.correspondence.warps] == [size // 2 ** (levels - 1 - i) for i in range(levels)]
+    loss = out.image.abs().mean() + sum(w.abs().mean() for w in out.correspondence.warps)
+    loss.backward()
+    grads = [p.grad for p in model.matcher.correspondence.levels[-1].update.parameters()]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_per_level_lists_must_fit_the_levels():
+    raw = read_yaml(ROOT / "params.yaml")
+    raw["model"]["correspondence"]["iters"] = [3, 3]
+    with pytest.raises(ConfigError, match=r"model\.correspondence\.iters must list 3 values"):
+        config_from_dict(raw)
+    raw = read_yaml(ROOT / "params.yaml")
+    raw["model"]["correspondence"]["handed_down"] = [8, 9, 8]
+    with pytest.raises(ConfigError, match=r"handed_down\[1\] \(9\) must not exceed"):
+        config_from_dict(raw)
+    raw = read_yaml(ROOT / "params.yaml")
+    raw["model"]["align"]["widths"] = [32, 16, 16, 16, 8]
+    raw["model"]["correspondence"] = {k: (v + v[:1] if isinstance(v, list) else v)
+                                      for k, v in raw["model"]["correspondence"].items()}
+    config_from_dict(raw)  # 5 levels: 64 px crops divide by 16
+    raw["data"]["crop_size"] = 72
+    with pytest.raises(ConfigError, match=r"data\.crop_size \(72\) must be divisible by 16 \(5 pyramid levels\)"):
+        config_from_dict(raw)
