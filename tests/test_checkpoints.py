@@ -21,7 +21,7 @@ from cocosnet.train.checkpoint import list_checkpoints, load_checkpoint, save_ch
 from cocosnet.train.inputs import STAGES
 from cocosnet.train.loop import RunPaths, run_training
 from cocosnet.train.resume import REASON, SUPERSEDED
-from stages.common import stage_lock
+from stages.common import one_line, stage_lock
 from tests.helpers import CPU, ROOT, prepare_data, state, tiny_training_config
 
 
@@ -216,3 +216,18 @@ def test_two_runs_write_identical_bytes(data, tmp_path):
     for rel in ["model.pt", "reports/losses.tsv", "reports/losses.png",
                 *[f"ckpt/{p.name}" for p in list_checkpoints(tmp_path / "a" / "ckpt")]]:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+
+class _Corrupt(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        raise DataError("/data/x.npz: corrupt or truncated cached label (BadZipFile: File is not a zip file)")
+
+
+def test_an_error_from_a_dataloader_worker_is_still_one_line():
+    with pytest.raises(DataError) as caught:
+        next(iter(torch.utils.data.DataLoader(_Corrupt(), num_workers=1)))
+    assert "Original Traceback" in str(caught.value)  # what the DataLoader wraps around it
+    assert one_line(caught.value) == "/data/x.npz: corrupt or truncated cached label (BadZipFile: File is not a zip file)"
