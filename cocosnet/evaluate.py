@@ -15,7 +15,6 @@ The baseline "copy_exemplar" scores the exemplar itself as the output.
 
 from __future__ import annotations
 
-import io
 import shutil
 from collections import defaultdict
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from torch.utils.data import DataLoader
 from cocosnet.config import Config
 from cocosnet.data.dataset import PairDataset
 from cocosnet.data.synthetic import surface_path
-from cocosnet.io import Staging, atomic_write
+from cocosnet.io import Staging, atomic_save
 from cocosnet.metrics.correspondence import endpoint_errors, gt_in_crop, identity_coords, level_gt, summarise
 from cocosnet.metrics.fid import FidUnavailable
 from cocosnet.metrics.images import list_images
@@ -61,9 +60,7 @@ class Generated:
 
 
 def _save_jpg(array: np.ndarray, path: Path, quality: int) -> None:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="JPEG", quality=quality)
-    atomic_write(path, buf.getvalue())
+    atomic_save(path, lambda f: Image.fromarray(array).save(f, format="JPEG", quality=quality))
 
 
 @torch.no_grad()
