@@ -23,3 +23,11 @@ class CheckpointError(CocosnetError):
 
 class StageLocked(CocosnetError):
     """Another run of the same stage holds its lock."""
+
+
+class WeightsError(CocosnetError, ValueError):
+    """An external weights file (VGG19) that cannot be used."""
+
+
+class WeightsNotFound(WeightsError, FileNotFoundError):
+    """An external weights file that is not there."""

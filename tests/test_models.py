@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from cocosnet.config import load_config
+from cocosnet.errors import WeightsError
 from cocosnet.losses import LOSS_KEYS, weighted_total
 from cocosnet.losses.contextual import contextual_loss, contextual_loss_naive
 from cocosnet.losses.objective import discriminator_terms, generator_terms
@@ -108,8 +109,11 @@ def test_missing_or_wrong_vgg_weights_say_what_to_do(tmp_path):
         load_vgg19("weights/nope.pth", base=tmp_path)
     assert "nope.pth" in str(err.value) and "vgg.weights: random" in str(err.value)
     torch.save({"foo.weight": torch.zeros(1)}, tmp_path / "bad.pth")
-    with pytest.raises(ValueError, match="bad.pth.*layout"):
+    with pytest.raises(WeightsError, match="bad.pth.*layout"):
         load_vgg19(str(tmp_path / "bad.pth"))
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "bad.pth").read_bytes()[:40])
+    with pytest.raises(WeightsError, match=r"cut\.pth: unreadable VGG19 weights"):
+        load_vgg19(str(tmp_path / "cut.pth"))
 
 
 def test_vgg_preprocessing_is_caffe_style():

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cocosnet.errors import WeightsError, WeightsNotFound
+
 # (name, in, out) per conv up to conv5_2; pooling after conv1_2, 2_2, 3_4, 4_4.
 CONVS = (("conv1_1", 3, 64), ("conv1_2", 64, 64), ("conv2_1", 64, 128), ("conv2_2", 128, 128),
          ("conv3_1", 128, 256), ("conv3_2", 256, 256), ("conv3_3", 256, 256), ("conv3_4", 256, 256),
@@ -69,7 +71,7 @@ def _to_project_layout(state: dict[str, Tensor], source: str) -> dict[str, Tenso
     if all(f"features.{TORCHVISION_INDEX[n]}.weight" in state for n in names):
         return {f"convs.{n}.{p}": state[f"features.{TORCHVISION_INDEX[n]}.{p}"] for n in names for p in ("weight", "bias")}
     sample = ", ".join(list(state)[:4])
-    raise ValueError(f"{source}: not a VGG19 state dict in either accepted layout "
+    raise WeightsError(f"{source}: not a VGG19 state dict in either accepted layout "
                      f"(conv1_1.weight ... or features.N.weight); its keys start {sample}")
 
 
@@ -80,14 +82,18 @@ def load_vgg19(weights: str, *, base: Path = Path(".")) -> VGG19:
         return vgg
     path = Path(weights) if Path(weights).is_absolute() else base / weights
     if not path.is_file():
-        raise FileNotFoundError(f"VGG19 weights not found: {path} (params.yaml vgg.weights). {WEIGHTS_HELP}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        raise WeightsNotFound(f"VGG19 weights not found: {path} (params.yaml vgg.weights). {WEIGHTS_HELP}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 -- torch raises RuntimeError/EOFError/UnpicklingError/...
+        raise WeightsError(f"{path}: unreadable VGG19 weights ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:160]}). {WEIGHTS_HELP}") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     mapped = _to_project_layout(state, str(path))
     for key, value in mapped.items():
         expected = vgg.state_dict()[key].shape
         if value.shape != expected:
-            raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, expected {tuple(expected)}")
+            raise WeightsError(f"{path}: {key} has shape {tuple(value.shape)}, expected {tuple(expected)}")
     vgg.load_state_dict(mapped)
     return vgg
