@@ -20,7 +20,7 @@ from cocosnet.errors import CheckpointError, DataError, StageLocked, StorageErro
 from cocosnet.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from cocosnet.train.inputs import STAGES
 from cocosnet.train.loop import RunPaths, run_training
-from cocosnet.train.resume import REASON, SUPERSEDED
+from cocosnet.train.resume import REASON, superseded_dir
 from stages.common import one_line, stage_lock
 from tests.helpers import CPU, ROOT, prepare_data, state, tiny_training_config
 
@@ -48,7 +48,8 @@ def run(cfg, stage, out, *, table=None, init=None):
 
 
 def superseded(out):
-    return sorted((out / "ckpt" / SUPERSEDED).glob("*/" + REASON))
+    assert not (out / "ckpt" / "superseded").exists()  # nothing but resumable checkpoints in the tracked folder
+    return sorted(superseded_dir(out / "ckpt").glob("*/" + REASON))
 
 
 def test_a_new_init_model_retrains_instead_of_resuming(data, tmp_path):

@@ -2,7 +2,9 @@
 
 The newest good checkpoint in `ckpt_dir` is resumed only when it was trained
 from the same inputs (`inputs.py`). Otherwise every checkpoint of the folder is
-moved to `ckpt_dir/superseded/<inputs key>/` with a `reason.json`, and the run
+moved to `<ckpt_dir parent>/superseded/<stage>/<inputs key>/` with a `reason.json`
+(beside the checkpoint folder, not in it: DVC tracks that folder, and a
+workspace's history must not change its hash), and the run
 starts afresh, unless a superseded set from exactly the current inputs exists:
 that one is moved back and resumed (switching a param back and forth loses
 nothing). A corrupt checkpoint is renamed `*.corrupt` and the previous one used.
@@ -19,6 +21,11 @@ from cocosnet.train.checkpoint import list_checkpoints, newest_good
 from cocosnet.train.inputs import inputs_differences, inputs_key
 
 SUPERSEDED = "superseded"
+
+
+def superseded_dir(ckpt_dir: Path) -> Path:
+    """checkpoints/pretrain -> checkpoints/superseded/pretrain."""
+    return ckpt_dir.parent / SUPERSEDED / ckpt_dir.name
 REASON = "reason.json"
 
 
@@ -34,7 +41,7 @@ def _move_all(src: Path, dst: Path) -> None:
 
 def supersede(ckpt_dir: Path, saved: dict, reasons: list[str]) -> Path:
     """Move the checkpoints of `ckpt_dir` aside, under the key of the inputs they were trained from."""
-    dest = ckpt_dir / SUPERSEDED / inputs_key(saved)
+    dest = superseded_dir(ckpt_dir) / inputs_key(saved)
     _move_all(ckpt_dir, dest)
     atomic_write_json(dest / REASON, {"superseded_because": reasons, "inputs": saved})
     return dest
@@ -55,7 +62,7 @@ def choose_resume(ckpt_dir: Path, inputs: dict, *, stage: str) -> dict | None:
                       f"were moved to {dest} and {stage} starts afresh", stacklevel=2)
     elif list(ckpt_dir.glob("ckpt-*.pt.corrupt")):
         warnings.warn(f"{stage}: no good checkpoint left in {ckpt_dir}; starting afresh", stacklevel=2)
-    earlier = ckpt_dir / SUPERSEDED / inputs_key(inputs)
+    earlier = superseded_dir(ckpt_dir) / inputs_key(inputs)
     if earlier.is_dir() and list_checkpoints(earlier):
         _move_all(earlier, ckpt_dir)
         shutil.rmtree(earlier)
