@@ -18,7 +18,7 @@ export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 export GLOO_SOCKET_IFNAME := lo
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: pipeline test venv dag bench flow mlflow-ui compare screenshot
+.PHONY: pipeline test venv dag bench flow mlflow-ui compare screenshot study
 
 venv: $(STAMP)
 
@@ -33,6 +33,10 @@ pipeline: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The correspondence study (hours; resumable run by run): docs/studies/correspondence.md
+study: $(STAMP)
+	$(PY) -m stages.study
 
 dag: $(STAMP)
 	$(VENV)/bin/dvc dag

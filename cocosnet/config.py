@@ -109,6 +109,8 @@ class CorrespondenceConfig:
     handed_down: tuple[int, ...] = check(1)  # best candidates of the coarser level that start this one (official 1)
     gru_hidden: int = check(1)
     temperature: float = check(**POSITIVE)
+    pose_geometry: float = check(0)  # initial weight of the pose-geometry matching features; 0 = off (official)
+    geometry_sharpness: float = check(**POSITIVE)  # exp(-sharpness * limb distance) (cocosnet/models/pose_geometry.py)
 @dataclass(frozen=True)
 class GeneratorConfig:
     ngf: int = check(1)

@@ -30,7 +30,7 @@ from cocosnet.config import Config
 from cocosnet.data.dataset import PairDataset
 from cocosnet.data.synthetic import surface_path
 from cocosnet.io import Staging, atomic_save
-from cocosnet.metrics.correspondence import endpoint_errors, gt_in_crop, identity_coords, level_gt, summarise
+from cocosnet.metrics.correspondence import batch_gt, identity_coords, level_errors, summarise
 from cocosnet.metrics.fid import FidUnavailable
 from cocosnet.metrics.images import list_images
 from cocosnet.metrics.scoring import fid_scores, paired_scores, swd_scores
@@ -121,24 +121,14 @@ def generate(cfg: Config, trained: CoCosNet, untrained: CoCosNet | None, table: 
 
 
 def _correspondence_errors(cfg, root, table, batch, b, result, untrained, device, i) -> dict:
-    gts, valids = zip(*(gt_in_crop(root, table.iloc[int(j)]["target"], table.iloc[int(j)]["exemplar"],
-                                   load_size=cfg.data.load_size, crop=cfg.data.crop_size,
-                                   target_offset=tuple(t.tolist()), exemplar_offset=tuple(e.tolist()))
-                        for j, t, e in zip(batch["index"], batch["target_crop"], batch["exemplar_crop"])))
-    gt, valid = torch.from_numpy(np.stack(gts)), torch.from_numpy(np.stack(valids))
-    predictions = {"trained": [c[..., 0, :].cpu() for c in result.correspondence.coords]}
+    gt, valid = batch_gt(root, table, batch, load_size=cfg.data.load_size, crop=cfg.data.crop_size)
+    predictions = {"trained": result.correspondence.coords}
     if untrained is not None:
         base = untrained.matcher(b["label"], b["exemplar"], b["exemplar_label"],
                                  generator=torch.Generator(device=device).manual_seed(cfg.eval.seed + i))
-        predictions["untrained"] = [c[..., 0, :].cpu() for c in base.correspondence.coords]
-    predictions["identity"] = [identity_coords(p.shape[0], p.shape[1], p.shape[2]) for p in predictions["trained"]]
-    out: dict[str, dict[int, torch.Tensor]] = {}
-    for who, coords in predictions.items():
-        out[who] = {}
-        for level, c in enumerate(coords):
-            lg, lv = level_gt(gt, valid, tuple(c.shape[1:3]))
-            out[who][level] = endpoint_errors(c, lg, lv)
-    return out
+        predictions["untrained"] = base.correspondence.coords
+    predictions["identity"] = [identity_coords(*c.shape[:3]) for c in result.correspondence.coords]
+    return {who: level_errors(coords, gt, valid) for who, coords in predictions.items()}
 
 
 def _role_files(folder: Path) -> dict[str, list[Path]]:

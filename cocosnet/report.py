@@ -21,11 +21,12 @@ from cocosnet.metrics.schema import CORRESPONDENCE_WHO, LABELS, PAIRED, SET  # n
 WHO = CORRESPONDENCE_WHO
 
 
-def correspondence_plot(correspondence: dict, path: Path) -> Path:
-    """Accuracy within 1 and 3 px and EPE by level, one line per mapping."""
+def correspondence_plot(correspondence: dict, path: Path, *, title: str = "") -> Path:
+    """Accuracy within 1 and 3 px and EPE by level, one line per mapping (the known ones of WHO in
+    their order, then any other name, e.g. the runs of the correspondence study)."""
     per_level = correspondence["per_level"]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    for who in [w for w in WHO if w in per_level]:
+    for who in [w for w in WHO if w in per_level] + [w for w in per_level if w not in WHO]:
         levels = sorted(per_level[who], key=int)
         xs = [int(level) for level in levels]
         for ax, key in zip(axes, ("acc_1px", "acc_3px", "epe_px")):
@@ -37,7 +38,9 @@ def correspondence_plot(correspondence: dict, path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].set_ylim(0, 1)
     axes[1].set_ylim(0, 1)
-    axes[0].legend()
+    axes[0].legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     atomic_save(path, lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)

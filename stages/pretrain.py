@@ -1,7 +1,8 @@
 """Stage `pretrain`: the correspondence network alone (alignment, warp and cycle losses).
 
-Resumes from checkpoints/pretrain/ after an interruption. Works under
-`torchrun --nproc_per_node=N -m stages.pretrain` (DDP).
+Resumes from its checkpoint folder after an interruption. Works under
+`torchrun --nproc_per_node=N -m stages.pretrain` (DDP). The folders are flags so
+that the correspondence study (study/dvc.yaml) runs the same stage beside the demo's.
 """
 
 from __future__ import annotations
@@ -15,9 +16,15 @@ from stages.training import train_stage
 
 
 def main(cfg, args) -> None:
-    train_stage(cfg, PRETRAIN, RunPaths(ckpt_dir=Path("checkpoints/pretrain"), out_model=Path("models/pretrain.pt"),
-                                        reports=Path("reports/pretrain")))
+    train_stage(cfg, PRETRAIN, RunPaths(ckpt_dir=Path(args.checkpoints), out_model=Path(args.out),
+                                        reports=Path(args.reports)))
+
+
+def add_args(parser) -> None:
+    parser.add_argument("--checkpoints", default="checkpoints/pretrain", help="checkpoint folder")
+    parser.add_argument("--out", default="models/pretrain.pt", help="the model file written at the end")
+    parser.add_argument("--reports", default="reports/pretrain", help="losses.tsv, losses.png, samples/")
 
 
 if __name__ == "__main__":
-    run_stage(__doc__, main)
+    run_stage(__doc__, main, add_args)

@@ -49,7 +49,7 @@ def main() -> None:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    print(f"params.yaml now uses profile {args.profile}")
+    print(f"{args.params} now uses profile {args.profile}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ params are the ones their checkpoint check uses, and the Prefect flow runs dvc.y
 
 import re
 
+import pytest
 import yaml
 
 from cocosnet.deps import import_closure
@@ -10,14 +11,16 @@ from cocosnet.train.inputs import STAGES
 from tests.helpers import ROOT
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+STUDY = yaml.safe_load((ROOT / "study/dvc.yaml").read_text())["stages"]  # the correspondence study's pipeline
 
 
 def covered(path: str, deps: list[str]) -> bool:
     return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
 
 
-def test_every_stage_depends_on_every_project_file_it_imports():
-    for name, stage in DVC.items():
+@pytest.mark.parametrize("pipeline", [DVC, STUDY], ids=["dvc.yaml", "study/dvc.yaml"])
+def test_every_stage_depends_on_every_project_file_it_imports(pipeline):
+    for name, stage in pipeline.items():
         module = re.search(r"python -m ([\w.]+)", stage["cmd"]).group(1)
         closure = [str(p) for p in import_closure(module)]
         assert f"{module.replace('.', '/')}.py" in closure
@@ -26,6 +29,15 @@ def test_every_stage_depends_on_every_project_file_it_imports():
         for dep in stage["deps"]:
             if dep.startswith(("cocosnet", "stages", "pipelines")):
                 assert (ROOT / dep).exists(), f"dvc.yaml stage {name!r} depends on missing code {dep}"
+
+
+def test_the_study_pipeline_writes_only_under_study():
+    for name, stage in STUDY.items():
+        assert stage["wdir"] == ".."
+        for out in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", []):
+            path = next(iter(out)) if isinstance(out, dict) else out
+            assert path.startswith("study/"), f"study/dvc.yaml stage {name!r} writes {path} outside study/"
+        assert "--params study/params.yaml" in stage["cmd"]
 
 
 def test_the_closure_follows_lazy_and_from_imports(tmp_path):
@@ -46,6 +58,7 @@ def test_the_closure_follows_lazy_and_from_imports(tmp_path):
 def test_training_stage_params_are_the_checkpoint_check_params():
     for name, spec in STAGES.items():
         assert tuple(DVC[name]["params"]) == spec.params
+    assert tuple(STUDY["pretrain"]["params"][0]["study/params.yaml"]) == STAGES["pretrain"].params
 
 
 def test_the_flow_runs_dvc_yaml_stages_in_graph_order():

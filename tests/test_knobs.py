@@ -8,26 +8,7 @@ from cocosnet.config import ConfigError, config_from_dict, read_yaml
 from cocosnet.models.cocosnet import CoCosNet
 from cocosnet.models.correspondence import HierarchicalCorrespondence, dense_match, upsample_candidates
 from cocosnet.models.patchmatch import PatchMatchGRU
-from tests.helpers import ROOT, coarse_init, planted
-
-
-def corr_config(levels=4, **per_level):
-    raw = read_yaml(ROOT / "params.yaml")
-    n = levels - 1
-    raw["model"]["align"].update(widths=[16] * (levels - 1) + [8], match_channels=8, spade_hidden=8)
-    c = raw["model"]["correspondence"]
-    c.update(num_candidates=[4] * n, iters=[2] * n, gru=[True] * n, update_stride=[2] * n, search_radius=[4.0] * n,
-             search_samples=[4] * n, handed_down=[4] * n, gru_hidden=8)
-    c.update(per_level)
-    raw["model"]["generator"].update(ngf=8, head_width=16, spade_hidden=8)
-    raw["data"].update(crop_size=2 ** (levels - 1) * 4, load_size=2 ** (levels - 1) * 4)
-    return config_from_dict(raw)
-
-
-def inputs(size, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.rand(1, 20, size, size, generator=g), torch.rand(1, 3, size, size, generator=g) * 2 - 1,
-            torch.rand(1, 20, size, size, generator=g), torch.rand(1, 3, size, size, generator=g) * 2 - 1)
+from tests.helpers import ROOT, coarse_init, corr_config, inputs, planted
 
 
 def test_gru_off_is_search_only_the_final_positions_are_the_searched_ones():

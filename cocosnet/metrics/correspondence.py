@@ -69,3 +69,22 @@ def summarise(errors: Tensor) -> dict[str, float]:
         return {"epe_px": float("nan"), "acc_1px": float("nan"), "acc_3px": float("nan"), "pixels": 0}
     return {"epe_px": float(errors.mean()), "acc_1px": float((errors <= 1).float().mean()),
             "acc_3px": float((errors <= 3).float().mean()), "pixels": int(errors.numel())}
+
+
+def batch_gt(root: Path, table, batch: dict, *, load_size: int, crop: int) -> tuple[Tensor, Tensor]:
+    """GT of a PairDataset batch over `table`: (B, crop, crop, 2) exemplar-crop (x, y) and validity."""
+    gts, valids = zip(*(gt_in_crop(root, table.iloc[int(j)]["target"], table.iloc[int(j)]["exemplar"],
+                                   load_size=load_size, crop=crop, target_offset=tuple(t.tolist()),
+                                   exemplar_offset=tuple(e.tolist()))
+                        for j, t, e in zip(batch["index"], batch["target_crop"], batch["exemplar_crop"])))
+    return torch.from_numpy(np.stack(gts)), torch.from_numpy(np.stack(valids))
+
+
+def level_errors(coords: list[Tensor], gt: Tensor, valid: Tensor) -> dict[int, Tensor]:
+    """Top-1 end-point errors per level. coords: per level (B, h, w, k, 2) or (B, h, w, 2), best first."""
+    out = {}
+    for level, c in enumerate(coords):
+        top = c[..., 0, :] if c.dim() == 5 else c
+        lg, lv = level_gt(gt, valid, tuple(top.shape[1:3]))
+        out[level] = endpoint_errors(top.cpu(), lg, lv)
+    return out

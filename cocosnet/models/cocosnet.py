@@ -8,13 +8,14 @@ import torch
 from torch import Tensor, nn
 
 from cocosnet.config import AlignConfig, Config, CorrespondenceConfig, ModelConfig
-from cocosnet.data.pose import LABEL_CHANNELS
+from cocosnet.data.pose import LABEL_CHANNELS, NUM_LIMBS_DRAWN
 from cocosnet.models.align import AlignUNet
 from cocosnet.models.blocks import resize_to
 from cocosnet.models.correspondence import CorrespondenceOutput, HierarchicalCorrespondence
 from cocosnet.models.discriminator import MultiscaleDiscriminator
 from cocosnet.models.generator import SPADEGenerator
 from cocosnet.models.patchmatch import Generators
+from cocosnet.models.pose_geometry import PoseGeometry
 
 @dataclass
 class MatchOutput:
@@ -37,7 +38,11 @@ class Matcher(nn.Module):
                                      spade_hidden=align.spade_hidden)
         self.align_exemplar = AlignUNet(label_nc + 3, align.widths, match_channels=align.match_channels,
                                         spade_hidden=align.spade_hidden)
-        self.correspondence = HierarchicalCorrespondence(align.match_channels, correspondence)
+        self.geometry = (PoseGeometry(len(align.widths), weight=correspondence.pose_geometry,
+                                      sharpness=correspondence.geometry_sharpness)
+                         if correspondence.pose_geometry > 0 else None)
+        channels = align.match_channels + (NUM_LIMBS_DRAWN if self.geometry is not None else 0)
+        self.correspondence = HierarchicalCorrespondence(channels, correspondence)
         self.divisor = 2 ** (len(align.widths) - 1)  # the coarsest level is at 1 / divisor
 
     def forward(self, label: Tensor, exemplar: Tensor, exemplar_label: Tensor, *, real: Tensor | None = None,
@@ -52,6 +57,8 @@ class Matcher(nn.Module):
             raise ValueError(f"height and width must be divisible by {self.divisor}, got {tuple(label.shape[-2:])}")
         label_feats, query = self.align_label(label)
         _, key = self.align_exemplar(torch.cat([exemplar, exemplar_label], dim=1))
+        if self.geometry is not None:
+            query, key = self.geometry(query, label), self.geometry(key, exemplar_label)
         corr = self.correspondence(query, key, exemplar, cycle=cycle, generator=generator)
         real_feats = self.align_exemplar(torch.cat([real, label], dim=1))[0] if real is not None else None
         return MatchOutput(corr, label_feats, real_feats)

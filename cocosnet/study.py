@@ -1,0 +1,114 @@
+"""The correspondence study's bookkeeping: its runs, one result file per finished run, the summary.
+
+A run is a name and `-S` overrides of study/params.yaml (study/runs.yaml). `python -m stages.study`
+(`make study`) runs each as a DVC experiment and files the score under
+reports/study/runs/<name>.json; this module decides what is finished, and builds
+reports/study/correspondence.json and its plot from the files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cocosnet.config import ConfigError
+
+BASELINES = ("identity", "untrained")  # taken from the `full` run's score
+PER_LEVEL_KEYS = ("epe_px", "acc_1px", "acc_3px")
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    name: str
+    overrides: dict[str, Any]  # dotted params key -> value
+    note: str = ""
+
+    def cli(self, params: str) -> list[str]:
+        """`dvc exp run` -S arguments, values in YAML flow style (lists as [a,b])."""
+        out = []
+        for key, value in sorted(self.overrides.items()):
+            text = yaml.safe_dump(value, default_flow_style=True).strip()
+            text = text.removesuffix("...").strip().replace(", ", ",")
+            out += ["-S", f"{params}:{key}={text}"]
+        return out
+
+
+def read_runs(path: Path) -> list[StudyRun]:
+    """study/runs.yaml: `runs: {name: {set: {key: value}, note: ...}}`, in order; `full` first."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the study's runs ({exc})") from None
+    runs = raw.get("runs") if isinstance(raw, dict) else None
+    if not isinstance(runs, dict) or "full" not in runs:
+        raise ConfigError(f"{path}: expected a mapping `runs:` with a run named `full`")
+    out = []
+    for name, spec in runs.items():
+        spec = spec or {}
+        if not isinstance(spec, dict) or not isinstance(spec.get("set", {}), dict):
+            raise ConfigError(f"{path}: runs.{name}: expected `set: {{key: value}}` and an optional `note`")
+        if name in BASELINES:
+            raise ConfigError(f"{path}: runs.{name}: the name is reserved for a baseline")
+        out.append(StudyRun(str(name), dict(spec.get("set") or {}), str(spec.get("note", ""))))
+    return out
+
+
+def result_path(folder: Path, run: StudyRun) -> Path:
+    return folder / f"{run.name}.json"
+
+
+def is_finished(folder: Path, run: StudyRun) -> bool:
+    """A result exists for exactly this run's overrides (changed overrides mean a rerun)."""
+    path = result_path(folder, run)
+    if not path.exists():
+        return False
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return saved.get("overrides") == run.overrides
+
+
+def run_result(run: StudyRun, score: dict, minutes: float) -> dict:
+    return {"name": run.name, "overrides": run.overrides, "note": run.note, "minutes": round(minutes, 1),
+            **{k: score[k] for k in ("steps", "pairs", "crop_size", "per_level")}}
+
+
+def _levels(per_level: dict) -> dict:
+    return {level: {k: d[k] for k in PER_LEVEL_KEYS} for level, d in per_level.items()}
+
+
+def summary(runs: list[StudyRun], folder: Path, *, profile: str) -> dict:
+    """reports/study/correspondence.json from the finished runs' files."""
+    done = {r.name: json.loads(result_path(folder, r).read_text(encoding="utf-8"))
+            for r in runs if is_finished(folder, r)}
+    out: dict = {"profile": profile, "crop_size": None, "minutes": {}, "steps": {}, "runs": {}, "overrides": {},
+                 "missing": [r.name for r in runs if r.name not in done]}
+    for name, res in done.items():
+        out["crop_size"] = res["crop_size"]
+        out["pairs"] = res["pairs"]
+        out["minutes"][name] = res["minutes"]
+        out["steps"][name] = res["steps"]
+        out["overrides"][name] = res["overrides"]
+        out["runs"][name] = {"per_level": _levels(res["per_level"]["trained"])}
+    if "full" in done:
+        for who in BASELINES:
+            out["runs"][who] = {"per_level": _levels(done["full"]["per_level"][who])}
+        out["targets"] = targets(out["runs"])
+    return out
+
+
+def targets(runs: dict) -> dict:
+    """The issue's two targets at the finest level: full <= identity / 2, and the GRU's gain >= 20%."""
+    finest = str(max(int(k) for k in runs["full"]["per_level"]))
+    epe = {name: r["per_level"][finest]["epe_px"] for name, r in runs.items()}
+    out = {"level": finest, "full_over_identity": epe["full"] / epe["identity"]}
+    out["full_at_most_half_identity"] = out["full_over_identity"] <= 0.5
+    if "no_gru" in epe:
+        out["gru_gain"] = 1 - epe["full"] / epe["no_gru"]
+        out["gru_gain_at_least_20pct"] = out["gru_gain"] >= 0.2
+    return out
