@@ -31,8 +31,8 @@ def correspondence_plot(correspondence: dict, path: Path, *, title: str = "") ->
         xs = [int(level) for level in levels]
         for ax, key in zip(axes, ("acc_1px", "acc_3px", "epe_px")):
             ax.plot(xs, [per_level[who][level][key] for level in levels], marker="o", label=who)
-    for ax, title in zip(axes, ("within 1 px", "within 3 px", "end-point error (level px)")):
-        ax.set_title(title)
+    for ax, name in zip(axes, ("within 1 px", "within 3 px", "end-point error (level px)")):
+        ax.set_title(name)
         ax.set_xlabel("level (0 = coarsest)")
         ax.set_xticks(xs)
         ax.grid(alpha=0.3)

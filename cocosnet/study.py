@@ -18,6 +18,8 @@ import yaml
 from cocosnet.config import ConfigError
 
 BASELINES = ("identity", "untrained")  # taken from the `full` run's score
+# Also from the `full` run's score: its trained weights evaluated with the GRU update off (search only).
+GRU_OFF_AT_EVAL = "full_gru_off_at_eval"
 PER_LEVEL_KEYS = ("epe_px", "acc_1px", "acc_3px")
 
 
@@ -51,7 +53,7 @@ def read_runs(path: Path) -> list[StudyRun]:
         spec = spec or {}
         if not isinstance(spec, dict) or not isinstance(spec.get("set", {}), dict):
             raise ConfigError(f"{path}: runs.{name}: expected `set: {{key: value}}` and an optional `note`")
-        if name in BASELINES:
+        if name in BASELINES or name == GRU_OFF_AT_EVAL:
             raise ConfigError(f"{path}: runs.{name}: the name is reserved for a baseline")
         out.append(StudyRun(str(name), dict(spec.get("set") or {}), str(spec.get("note", ""))))
     return out
@@ -98,6 +100,8 @@ def summary(runs: list[StudyRun], folder: Path, *, profile: str) -> dict:
     if "full" in done:
         for who in BASELINES:
             out["runs"][who] = {"per_level": _levels(done["full"]["per_level"][who])}
+        if "trained_gru_off" in done["full"]["per_level"]:
+            out["runs"][GRU_OFF_AT_EVAL] = {"per_level": _levels(done["full"]["per_level"]["trained_gru_off"])}
         out["targets"] = targets(out["runs"])
     return out
 
@@ -111,4 +115,6 @@ def targets(runs: dict) -> dict:
     if "no_gru" in epe:
         out["gru_gain"] = 1 - epe["full"] / epe["no_gru"]
         out["gru_gain_at_least_20pct"] = out["gru_gain"] >= 0.2
+    if GRU_OFF_AT_EVAL in epe:  # the same weights: what the GRU's update itself adds
+        out["gru_gain_at_eval"] = 1 - epe["full"] / epe[GRU_OFF_AT_EVAL]
     return out

@@ -35,7 +35,9 @@ def run_one(run: StudyRun, dvc: str) -> float:
     cmd = [dvc, "exp", "run", str(PIPELINE), "--name", f"study-{run.name}-{stamp}", *run.cli(str(PARAMS))]
     print("study: " + " ".join(cmd), flush=True)
     original = PARAMS.read_text(encoding="utf-8")
-    env = {**os.environ, "COCOSNET_PIPELINE_RUN": f"study-{run.name}-{stamp}"}
+    # The stages run `python`: the interpreter of this venv, as under `make`.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "COCOSNET_PIPELINE_RUN": f"study-{run.name}-{stamp}"}
     start = time.perf_counter()
     try:
         subprocess.run(cmd, check=True, env=env)
@@ -61,7 +63,8 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated run names (default: every run)")
     parser.add_argument("--report-only", action="store_true", help="only rebuild correspondence.json/.png")
     parser.add_argument("--dry-run", action="store_true", help="list what would run")
-    parser.add_argument("--dvc", default="dvc")
+    beside = Path(sys.executable).with_name("dvc")  # the venv's dvc, whatever PATH says
+    parser.add_argument("--dvc", default=str(beside) if beside.exists() else "dvc")
     args = parser.parse_args()
     try:
         runs = read_runs(RUNS)
@@ -81,8 +84,13 @@ def main() -> None:
             write_summary(runs)
         return
     for r in todo:
+        if is_finished(REPORTS / "runs", r):  # filed meanwhile, e.g. by a study running in another checkout
+            print(f"study: {r.name} was finished meanwhile; kept", flush=True)
+            continue
         try:
             minutes = run_one(r, args.dvc)
+        except FileNotFoundError:
+            sys.exit(f"error: {args.dvc} not found; install the project (make venv) or pass --dvc")
         except subprocess.CalledProcessError as exc:
             out = write_summary(runs)
             sys.exit(f"error: study run {r.name!r} failed ({args.dvc} exited with {exc.returncode}); the finished "

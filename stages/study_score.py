@@ -1,12 +1,13 @@
 """Stage `score` of the correspondence study (study/dvc.yaml): per-level top-1 accuracy of the
-pretrained matcher, of the same matcher untrained, and of the identity mapping, on the val self pairs.
+pretrained matcher, of the same matcher untrained, of the identity mapping and, when the model has
+a GRU, of the trained weights with the GRU update off (search only), on the val self pairs.
 
 Writes one JSON (`--out`) that `python -m stages.study` files under the run's name, and logs it to MLflow.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
@@ -52,16 +53,28 @@ def score_matchers(cfg: Config, matchers: dict[str, torch.nn.Module], table: pd.
             for who, levels in errors.items()}
 
 
+def without_gru(cfg: Config, model: CoCosNet) -> CoCosNet:
+    """The same trained weights with every level's GRU update off (search only): what the GRU adds at eval."""
+    c = cfg.model.correspondence
+    off = replace(cfg.model, correspondence=replace(c, gru=(False,) * len(c.gru)))
+    copy = CoCosNet(off)
+    result = copy.load_state_dict(model.state_dict(), strict=False)
+    assert not result.missing_keys, result.missing_keys  # only the GRU's own weights are left out
+    return copy
+
+
 def main(cfg, args) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     trained, state = load_model(Path(args.model), cfg)
     torch.manual_seed(cfg.pretrain.seed)  # the untrained matcher is the one pretraining started from
     untrained = CoCosNet.from_config(cfg)
+    matchers = {"trained": trained.matcher, "untrained": untrained.matcher}
+    if any(cfg.model.correspondence.gru):
+        matchers["trained_gru_off"] = without_gru(cfg, trained).matcher
     pairs = pd.read_parquet(Path(cfg.data.processed) / "pairs.parquet")
     table = eval_pairs(pairs, cfg.eval.max_pairs, "self")
     with Tracker(cfg, "study_score", device=str(device)) as tracker:
-        per_level = score_matchers(cfg, {"trained": trained.matcher, "untrained": untrained.matcher}, table,
-                                   device=device)
+        per_level = score_matchers(cfg, matchers, table, device=device)
         result = {"pairs": len(table), "steps": int(state.get("step") or 0), "crop_size": cfg.data.crop_size,
                   "per_level": per_level, "config": {k: v for k, v in asdict(cfg).items()
                                                      if k in ("model", "pretrain", "loss_weights")}}

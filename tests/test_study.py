@@ -18,10 +18,10 @@ def per_level(epes):
     return {str(i): {"epe_px": e, "acc_1px": 0.5, "acc_3px": 0.9, "pixels": 10} for i, e in enumerate(epes)}
 
 
-def score(trained, identity=(1, 2, 4, 8), untrained=(3, 6, 12, 24)):
+def score(trained, identity=(1, 2, 4, 8), untrained=(3, 6, 12, 24), gru_off=(1, 2, 3, 4)):
     return {"steps": 300, "pairs": 120, "crop_size": 128,
             "per_level": {"trained": per_level(trained), "identity": per_level(identity),
-                          "untrained": per_level(untrained)}}
+                          "untrained": per_level(untrained), "trained_gru_off": per_level(gru_off)}}
 
 
 def test_the_committed_runs_and_params_are_valid_and_in_step_with_params_yaml():
@@ -83,7 +83,7 @@ def test_summary_schema_baselines_and_targets(tmp_path):
         result_path(tmp_path, run).write_text(json.dumps(run_result(run, score(trained), 10.0)))
     out = summary(runs, tmp_path, profile="study")
     assert out["profile"] == "study" and out["crop_size"] == 128 and out["missing"] == ["iters_1"]
-    assert set(out["runs"]) == {"full", "no_gru", "identity", "untrained"}
+    assert set(out["runs"]) == {"full", "no_gru", "identity", "untrained", "full_gru_off_at_eval"}
     assert list(out["runs"]["full"]["per_level"]) == ["0", "1", "2", "3"]
     assert out["runs"]["full"]["per_level"]["3"] == {"epe_px": 3, "acc_1px": 0.5, "acc_3px": 0.9}
     assert out["runs"]["identity"]["per_level"]["3"]["epe_px"] == 8
@@ -91,6 +91,7 @@ def test_summary_schema_baselines_and_targets(tmp_path):
     t = out["targets"]
     assert t["level"] == "3" and t["full_over_identity"] == pytest.approx(3 / 8) and t["full_at_most_half_identity"]
     assert t["gru_gain"] == pytest.approx(1 - 3 / 5) and t["gru_gain_at_least_20pct"]
+    assert t["gru_gain_at_eval"] == pytest.approx(1 - 3 / 4)
 
 
 FAKE_DVC = textwrap.dedent("""\
