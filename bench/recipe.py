@@ -16,16 +16,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
-from torch.utils.data import DataLoader
 
 from cocosnet.config import config_from_dict, read_yaml
-from cocosnet.data.dataset import PairDataset
 from cocosnet.evaluate import eval_pairs
 from cocosnet.io import atomic_write_json
-from cocosnet.metrics.correspondence import batch_gt, identity_coords, level_errors, summarise
 from cocosnet.train.distributed import DistInfo
 from cocosnet.train.inputs import PRETRAIN
 from cocosnet.train.loop import batches, build
+from stages.study_score import score_matchers
 
 
 def with_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -40,24 +38,6 @@ def with_overrides(raw: dict, overrides: list[str]) -> dict:
             raise KeyError(f"unknown key {key}")
         node[last] = yaml.safe_load(value)
     return raw
-
-
-@torch.no_grad()
-def score(cfg, matcher, table: pd.DataFrame) -> dict:
-    """Per-level top-1 EPE / accuracy of the matcher and of the identity on `table` (centre crops)."""
-    root = Path(cfg.data.root)
-    dataset = PairDataset(table, Path(cfg.data.processed), load_size=cfg.data.load_size,
-                          crop_size=cfg.data.crop_size, random_crop=False)
-    errors: dict[str, dict[int, list]] = {"trained": {}, "identity": {}}
-    matcher.eval()
-    for i, batch in enumerate(DataLoader(dataset, batch_size=8, shuffle=False)):
-        gt, valid = batch_gt(root, table, batch, load_size=cfg.data.load_size, crop=cfg.data.crop_size)
-        coords = matcher(batch["label"], batch["exemplar"], batch["exemplar_label"],
-                         generator=torch.Generator().manual_seed(99 + i)).correspondence.coords
-        for who, pred in (("trained", coords), ("identity", [identity_coords(*c.shape[:3]) for c in coords])):
-            for level, errs in level_errors(pred, gt, valid).items():
-                errors[who].setdefault(level, []).append(errs)
-    return {who: {str(lv): summarise(torch.cat(e)) for lv, e in levels.items()} for who, levels in errors.items()}
 
 
 def main() -> None:
@@ -85,7 +65,8 @@ def main() -> None:
             history.append({"step": step, **metrics})
             print(args.name, history[-1], flush=True)
     minutes = (time.perf_counter() - start) / 60
-    result = score(cfg, trainer.model.matcher, eval_pairs(pairs, args.pairs, "self"))
+    result = score_matchers(cfg, {"trained": trainer.model.matcher}, eval_pairs(pairs, args.pairs, "self"),
+                            device=device)
     report = {"name": args.name, "overrides": args.overrides, "steps": args.steps, "pairs": args.pairs,
               "train_minutes": round(minutes, 2), "per_level": result, "history": history}
     atomic_write_json(Path(args.out) / f"{args.name}.json", report)
