@@ -45,6 +45,8 @@ bench: $(STAMP)
 	$(PY) -m bench.data
 	$(PY) -m bench.correspondence
 	$(PY) -m bench.metrics
+	$(PY) -m bench.matcher
+	$(PY) -m bench.train_step
 
 # Rank the evaluate runs in MLflow: make compare METRIC=paired.ssim.model
 compare: $(STAMP)

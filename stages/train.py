@@ -1,4 +1,6 @@
-"""Stage `train`: the full GAN, initialised from models/pretrain.pt.
+"""Stage `train`: the full GAN, initialised from models/pretrain.pt (its matcher), or with --init from any
+model file of this project: a pretrain model gives the matcher, any other (a trained or an imported
+official model, `cocosnet import-official`) gives the matcher and the generator.
 
 Resumes from checkpoints/train/ after an interruption (only a checkpoint trained
 from this very models/pretrain.pt, data and params). Works under torchrun (DDP).
@@ -16,8 +18,12 @@ from stages.training import train_stage
 
 def main(cfg, args) -> None:
     train_stage(cfg, TRAIN, RunPaths(ckpt_dir=Path("checkpoints/train"), out_model=Path("models/train.pt"),
-                                     reports=Path("reports/train"), init=Path("models/pretrain.pt")))
+                                     reports=Path("reports/train"), init=Path(args.init)))
+
+
+def add_args(parser) -> None:
+    parser.add_argument("--init", default="models/pretrain.pt", help="the model file training starts from")
 
 
 if __name__ == "__main__":
-    run_stage(__doc__, main)
+    run_stage(__doc__, main, add_args)

@@ -7,10 +7,11 @@ from torch import Tensor, nn
 from torch.nn.utils import spectral_norm
 
 
-def positional_norm(x: Tensor, eps: float = 1e-5) -> Tensor:
-    """PONO: normalise each pixel over its channels (mean 0, unit std)."""
+def positional_norm(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """PONO: normalise each pixel over its channels (mean 0, unit std), with the unbiased variance and
+    eps 1e-8 as the official code (which the official weights need)."""
     mean = x.mean(dim=1, keepdim=True)
-    std = (x.var(dim=1, keepdim=True) + eps).sqrt()
+    std = (x.var(dim=1, keepdim=True, unbiased=True) + eps).sqrt()
     return (x - mean) / std
 
 
@@ -24,22 +25,6 @@ def centre_and_normalise(x: Tensor, eps: float = 1e-6) -> Tensor:
     return F.normalize(x - x.mean(dim=1, keepdim=True), dim=1, eps=eps)
 
 
-class SPADE(nn.Module):
-    """Parameter-free positional norm, then x_hat * (1 + gamma(seg)) + beta(seg)."""
-
-    def __init__(self, norm_nc: int, label_nc: int, hidden: int = 128):
-        super().__init__()
-        self.shared = nn.Sequential(nn.Conv2d(label_nc, hidden, 3, padding=1), nn.ReLU())
-        self.gamma = nn.Conv2d(hidden, norm_nc, 3, padding=1)
-        self.beta = nn.Conv2d(hidden, norm_nc, 3, padding=1)
-
-    def forward(self, x: Tensor, seg: Tensor) -> Tensor:
-        """x (B, norm_nc, H, W), seg (B, label_nc, h, w) resized to (H, W) by nearest."""
-        seg = F.interpolate(seg, size=x.shape[-2:], mode="nearest")
-        act = self.shared(seg)
-        return positional_norm(x) * (1 + self.gamma(act)) + self.beta(act)
-
-
 class ReflectionPad(nn.Module):
     """Reflection padding that falls back to replication on maps too small to reflect (1x1 at 1/32)."""
 
@@ -50,6 +35,24 @@ class ReflectionPad(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         mode = "reflect" if min(x.shape[-2:]) > self.pad else "replicate"
         return F.pad(x, (self.pad,) * 4, mode=mode)
+
+
+class SPADE(nn.Module):
+    """Parameter-free positional norm, then x_hat * (1 + gamma(seg)) + beta(seg). The three 3x3 convs
+    reflection-pad their input, as the official ones do (`mlp_shared` = pad, conv, ReLU)."""
+
+    def __init__(self, norm_nc: int, label_nc: int, hidden: int = 128):
+        super().__init__()
+        self.pad = ReflectionPad(1)
+        self.shared = nn.Sequential(nn.Conv2d(label_nc, hidden, 3), nn.ReLU())
+        self.gamma = nn.Conv2d(hidden, norm_nc, 3)
+        self.beta = nn.Conv2d(hidden, norm_nc, 3)
+
+    def forward(self, x: Tensor, seg: Tensor) -> Tensor:
+        """x (B, norm_nc, H, W), seg (B, label_nc, h, w) resized to (H, W) by nearest."""
+        seg = F.interpolate(seg, size=x.shape[-2:], mode="nearest")
+        act = self.pad(self.shared(self.pad(seg)))
+        return positional_norm(x) * (1 + self.gamma(act)) + self.beta(act)
 
 
 def _sn_conv(fin: int, fout: int, kernel: int, *, bias: bool = True) -> nn.Sequential:

@@ -17,6 +17,7 @@ from cocosnet.models.generator import SPADEGenerator
 from cocosnet.models.patchmatch import Generators
 from cocosnet.models.pose_geometry import PoseGeometry
 
+
 @dataclass
 class MatchOutput:
     correspondence: CorrespondenceOutput
@@ -69,6 +70,7 @@ class CoCosNet(nn.Module):
 
     def __init__(self, cfg: ModelConfig, *, label_nc: int = LABEL_CHANNELS):
         super().__init__()
+        self.config = cfg
         self.matcher = Matcher(label_nc, cfg.align, cfg.correspondence)
         g = cfg.generator
         self.generator = SPADEGenerator(3 * len(cfg.align.widths) + label_nc, ngf=g.ngf, head_width=g.head_width,
@@ -82,9 +84,15 @@ class CoCosNet(nn.Module):
                 cycle: bool = False, generator: Generators = None) -> CoCosNetOutput:
         """Match (see `Matcher.forward`), then generate from the warps of every level and the label."""
         match = self.matcher(label, exemplar, exemplar_label, real=real, cycle=cycle, generator=generator)
+        image = self.generate(match.correspondence.warps, label)
+        return CoCosNetOutput(match.correspondence, match.label_feats, match.real_feats, image)
+
+    def generate(self, warps: list[Tensor], label: Tensor) -> Tensor:
+        """warps per level, coarse to fine, (B, 3, h_l, w_l); label (B, 20, H, W) -> image (B, 3, H, W).
+        The condition is every warp nearest-resized to (H, W), then the label, as the official netG."""
         size = tuple(label.shape[-2:])
-        cond = torch.cat([resize_to(w, size, "nearest") for w in match.correspondence.warps] + [label], dim=1)
-        return CoCosNetOutput(match.correspondence, match.label_feats, match.real_feats, self.generator(cond))
+        cond = torch.cat([resize_to(w, size, "nearest") for w in warps] + [label], dim=1)
+        return self.generator(cond)
 
 
 def build_discriminator(cfg: Config) -> MultiscaleDiscriminator:

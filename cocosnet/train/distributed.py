@@ -1,4 +1,5 @@
-"""Data parallelism under torchrun: gloo on CPU, nccl on GPU; rank 0 logs and checkpoints."""
+"""Data parallelism under torchrun: gloo on CPU, nccl on GPU (COCOSNET_DIST_BACKEND=gloo where nccl is
+missing, e.g. some single-GPU or Windows set-ups); rank 0 logs and checkpoints."""
 
 from __future__ import annotations
 
@@ -21,6 +22,14 @@ class DistInfo:
         return self.rank == 0
 
 
+def backend(device: torch.device) -> str:
+    """The process-group backend: COCOSNET_DIST_BACKEND when set, else nccl on CUDA and gloo on CPU."""
+    chosen = os.environ.get("COCOSNET_DIST_BACKEND", "").strip()
+    if chosen and chosen not in ("gloo", "nccl"):
+        raise ValueError(f"COCOSNET_DIST_BACKEND must be gloo or nccl, got {chosen!r}")
+    return chosen or ("nccl" if device.type == "cuda" else "gloo")
+
+
 def setup() -> DistInfo:
     """Initialise the process group when launched by torchrun (WORLD_SIZE > 1)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -29,7 +38,7 @@ def setup() -> DistInfo:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend(device))
     return DistInfo(rank=int(os.environ.get("RANK", "0")), world=world, device=device)
 
 

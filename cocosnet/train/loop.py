@@ -27,8 +27,15 @@ from cocosnet.io import atomic_save, atomic_write
 from cocosnet.losses.vgg import load_vgg19
 from cocosnet.models.cocosnet import CoCosNet, build_discriminator
 from cocosnet.progress import progress
-from cocosnet.train.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, load_model, prune, \
-    save_checkpoint, save_model
+from cocosnet.train.checkpoint import (
+    checkpoint_path,
+    list_checkpoints,
+    load_checkpoint,
+    load_model,
+    prune,
+    save_checkpoint,
+    save_model,
+)
 from cocosnet.train.distributed import DistInfo, StepBatches
 from cocosnet.train.inputs import StageSpec, training_inputs, training_pairs
 from cocosnet.train.resume import choose_resume
@@ -78,8 +85,10 @@ def resume(trainer: Trainer, cfg: Config, spec: StageSpec, inputs: dict, paths: 
         torch.set_rng_state(state["torch_rng"])
         return int(state["step"]), list(state["history"])
     if paths.init is not None:
-        initial, _ = load_model(paths.init, cfg)
+        initial, init_state = load_model(paths.init, cfg)
         trainer.model.matcher.load_state_dict(initial.matcher.state_dict())
+        if init_state.get("stage") != "pretrain":  # a trained or imported model: its generator too
+            trainer.model.generator.load_state_dict(initial.generator.state_dict())
         if isinstance(trainer, GanTrainer):
             trainer.reset_ema()
     return 0, []

@@ -1,0 +1,164 @@
+"""One full GAN training step (G step with every loss, D step, both Adams, EMA) at 256^2 and 512^2,
+with a per-part breakdown, each size in a fresh process. Writes reports/bench/train_step.json
+(records of other devices/profiles/batches in the file are kept).
+
+    python -m bench.train_step [--profile paper] [--sizes 256 512] [--device cpu] [--batch 1]
+                               [--amp off|bfloat16] [--repeats 1] [--warmup 1]
+
+The parts are timed one at a time on the same inputs, each forward + backward:
+  matcher        both alignment U-Nets and the correspondence, on the warp/alignment/cycle terms;
+  generator      the SPADE generator from the (detached) warps and label;
+  vgg            VGG19 on fake, real and exemplar with the fm, perceptual and contextual terms;
+  discriminator  D on the fake for G's GAN terms, plus the D step on fake and real.
+`other_s` is the full step less the parts: the optimisers, the EMA, gradient clipping, the
+loss bookkeeping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from bench.harness import (
+    autocast,
+    bench_config,
+    in_fresh_process,
+    inputs,
+    machine,
+    median_time,
+    peak_mb,
+    reset_peak,
+    write_report,
+)
+
+PARTS = ("matcher", "generator", "vgg", "discriminator")
+
+
+def _parts(trainer, b: dict, device: str, amp: str) -> dict:
+    """name -> a callable running that part's forward and backward."""
+    import torch
+
+    from cocosnet.losses.objective import correspondence_terms, discriminator_terms
+    from cocosnet.losses.terms import (
+        gan_feature_loss,
+        gan_generator_loss,
+        perceptual_loss,
+        vgg_contextual_loss,
+        vgg_feature_matching_loss,
+        weighted_total,
+    )
+    from cocosnet.models.blocks import resize_to
+    from cocosnet.train.trainer import sample_generators
+
+    model, disc, vgg, weights = trainer.model, trainer.disc, trainer.vgg, trainer.weights
+    gens = sample_generators(0, 1, b["index"], torch.device(device))
+    with torch.no_grad(), autocast(device, amp):
+        match = model.matcher(b["label"], b["exemplar"], b["exemplar_label"], generator=gens)
+        size = tuple(b["label"].shape[-2:])
+        cond = torch.cat([resize_to(w, size, "nearest") for w in match.correspondence.warps] + [b["label"]], 1)
+        fake = model.generator(cond)
+
+    def matcher():
+        with autocast(device, amp):
+            out = model.matcher(b["label"], b["exemplar"], b["exemplar_label"], real=b["image"], cycle=True,
+                                generator=gens)
+            loss = weighted_total(correspondence_terms(out, real=b["image"], exemplar=b["exemplar"],
+                                                       self_ref=b["self_ref"]), weights)
+        loss.backward()
+
+    def generator():
+        with autocast(device, amp):
+            loss = model.generator(cond).float().abs().mean()
+        loss.backward()
+
+    def vgg_part():
+        x = fake.detach().float().requires_grad_(True)
+        with autocast(device, amp):
+            fake_vgg = vgg(x)
+            with torch.no_grad():
+                real_vgg, exemplar_vgg = vgg(b["image"]), vgg(b["exemplar"])
+            loss = (vgg_feature_matching_loss(fake_vgg, real_vgg, b["self_ref"]) + perceptual_loss(fake_vgg, real_vgg)
+                    + vgg_contextual_loss(fake_vgg, exemplar_vgg))
+        loss.backward()
+
+    def discriminator():
+        x = fake.detach().float().requires_grad_(True)
+        with autocast(device, amp):
+            fake_d = disc(torch.cat([b["label"], x], 1))
+            with torch.no_grad():
+                real_d = disc(torch.cat([b["label"], b["image"]], 1))
+            g_loss = gan_generator_loss(fake_d) + gan_feature_loss(fake_d, real_d)
+        g_loss.backward()
+        with autocast(device, amp):
+            d_loss = discriminator_terms(x.detach(), label=b["label"], real=b["image"], disc=disc)["gan"]
+        d_loss.backward()
+
+    return {"matcher": matcher, "generator": generator, "vgg": vgg_part, "discriminator": discriminator}
+
+
+def child(size: int, *, profile: str, device: str, batch: int, amp: str, repeats: int, warmup: int) -> dict:
+    import torch
+
+    from cocosnet.losses.vgg import load_vgg19
+    from cocosnet.models.cocosnet import CoCosNet, build_discriminator
+    from cocosnet.train.trainer import GanTrainer
+
+    cfg = bench_config(profile)
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    model, disc = CoCosNet.from_config(cfg).to(dev), build_discriminator(cfg).to(dev)
+    vgg = load_vgg19("random").to(dev)
+    train_cfg = replace(cfg.train, amp=amp != "off", amp_dtype=amp if amp != "off" else cfg.train.amp_dtype)
+    trainer = GanTrainer(model, disc, vgg, train_cfg, cfg.loss_weights, device=dev)
+    model.train()
+    b = inputs(batch, size, device)
+    reset_peak(device)
+    full, runs = median_time(lambda: trainer.step(b, 1), device, repeats, warmup)
+    peak = peak_mb(device)
+    parts = {}
+    for name, fn in _parts(trainer, b, device, amp).items():
+        parts[name], _ = median_time(fn, device, repeats, warmup)
+        model.zero_grad(set_to_none=True)
+        disc.zero_grad(set_to_none=True)
+    return {"size": size, "profile": profile, "device": device, "batch": batch, "amp": amp,
+            "step_s": full, "runs": runs, "warmup": warmup, "peak_mb": peak, "parts_s": parts,
+            "other_s": full - sum(parts.values()),
+            "share": {k: v / full for k, v in parts.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="paper")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--amp", default="off", choices=["off", "bfloat16", "float16"])
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--out", default="reports/bench/train_step.json")
+    parser.add_argument("--child", type=int, metavar="SIZE", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    common = dict(profile=args.profile, device=args.device, batch=args.batch, amp=args.amp)
+    timing = dict(repeats=args.repeats, warmup=args.warmup)
+    if args.child:
+        print(json.dumps(child(args.child, **common, **timing)))
+        return
+    out = Path(args.out)
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    records = [r for r in previous.get("records", []) if any(r.get(k) != v for k, v in common.items())]
+    flags = [f"--{k}={v}" for k, v in {**common, **timing}.items()]
+    for size in args.sizes:
+        record = in_fresh_process("bench.train_step", [str(size), *flags], {"size": size, **common})
+        print(json.dumps({k: v for k, v in record.items() if k != "runs"}), flush=True)
+        records.append(record)
+    write_report(out, {
+        "what": "one GAN training step (G step with every loss + D step + Adam + EMA) and its parts, each forward "
+                "+ backward; seconds are medians over repeats; peak_mb = CUDA max allocated or CPU peak RSS",
+        "goal_gpu": {"size": 512, "batch": 4, "amp": "bfloat16", "step_s": 0.5},
+        "machine": machine(), "records": records})
+
+
+if __name__ == "__main__":
+    main()
