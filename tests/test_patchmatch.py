@@ -119,3 +119,26 @@ def test_a_few_gru_steps_lower_the_warp_error():
     with torch.no_grad():
         after = warp_error().item()
     assert after < 0.9 * before
+
+
+def test_checkpointing_below_the_threshold_is_skipped_and_changes_no_gradient(monkeypatch):
+    from cocosnet.models import patchmatch
+
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    grads = {}
+    for threshold in (0, 2**62):  # checkpoint everything, then nothing
+        monkeypatch.setattr(patchmatch, "CHECKPOINT_MIN_ELEMENTS", threshold)
+        calls.clear()
+        query, key, colors, target, init = gru_problem()
+        query.requires_grad_(True)
+        torch.manual_seed(0)
+        level = PatchMatchGRU(16, iters=2).train()
+        _, _, warp = level(query, key, colors, init=init, generator=torch.Generator().manual_seed(0))
+        (warp - target).abs().mean().backward()
+        grads[threshold] = (calls[:], query.grad.clone(), [p.grad.clone() for p in level.parameters()])
+    assert grads[0][0] and not grads[2**62][0]  # both paths were taken
+    torch.testing.assert_close(grads[0][1], grads[2**62][1], rtol=0, atol=1e-7)
+    for a, b in zip(grads[0][2], grads[2**62][2]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)

@@ -24,6 +24,20 @@ from torch import Tensor, nn
 from cocosnet.models.convgru import UpdateBlock
 
 SCORE_CHUNK = 8  # candidates sampled at once: bounds memory to O(B*C*H*W*SCORE_CHUNK)
+# Activation checkpointing (recompute in backward instead of keeping) pays only when the kept
+# tensors are large: below this many elements per chunk or update it is skipped, which saves the
+# recomputation (bench/checkpointing.py: the demo pretrain step, reports/bench/checkpointing.json).
+CHECKPOINT_MIN_ELEMENTS = 2**24
+
+
+UPDATE_CHANNELS_KEPT = 512  # roughly what one UpdateBlock call keeps per pixel for backward
+
+
+def maybe_checkpoint(fn, *args, elements: int):
+    """fn(*args), checkpointed when `elements` (the size of what backward would keep) is large."""
+    if elements >= CHECKPOINT_MIN_ELEMENTS:
+        return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
 
 
 def sample_at(source: Tensor, coords: Tensor) -> Tensor:
@@ -48,13 +62,13 @@ def candidate_scores(query: Tensor, key: Tensor, coords: Tensor) -> Tensor:
     """Cosine similarity of each query pixel with the key sampled at its candidates.
 
     query (B, C, H, W), key (B, C, Hk, Wk), coords (B, H, W, K, 2) -> (B, H, W, K).
-    Evaluated SCORE_CHUNK candidates at a time; with autograd on, each chunk is
+    Evaluated SCORE_CHUNK candidates at a time; with autograd on, each large chunk is
     checkpointed, so backward keeps one chunk of samples alive, not all K.
     """
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, coords))
     chunks = coords.split(SCORE_CHUNK, dim=3)
     if grad:
-        return torch.cat([torch.utils.checkpoint.checkpoint(_chunk_scores, query, key, c, use_reentrant=False)
+        return torch.cat([maybe_checkpoint(_chunk_scores, query, key, c, elements=query.numel() * c.shape[3])
                           for c in chunks], dim=-1)
     return torch.cat([_chunk_scores(query, key, c) for c in chunks], dim=-1)
 
@@ -194,7 +208,7 @@ class PatchMatchGRU(nn.Module):
     The GRU sees the k candidates' scores and offsets and outputs continuous
     deltas. The final positions are `searched.detach() + delta`, and the warp
     bilinearly samples the exemplar colours there, so the warp loss trains the
-    GRU. Each update is checkpointed in training, so memory stays O(H*W*k*C).
+    GRU. Each large update is checkpointed in training, so memory stays O(H*W*k*C).
     With `update_stride` s > 1 the GRU runs on an s-times pooled grid and its
     deltas are upsampled bilinearly (RAFT runs its GRU at 1/8): the search
     stays per pixel, the learned refinement is smooth, and the update costs s^2
@@ -229,7 +243,8 @@ class PatchMatchGRU(nn.Module):
         corr = self._pool(torch.softmax(scores / self.temperature, dim=-1).permute(0, 3, 1, 2))  # (B, k, h', w')
         flow = self._pool(offsets.permute(0, 3, 4, 1, 2).reshape(b, 2 * k, hh, ww))  # (B, 2k, h', w')
         if self.training and torch.is_grad_enabled():
-            h, delta = torch.utils.checkpoint.checkpoint(self.update, h, corr, flow, use_reentrant=False)
+            kept = h.numel() // h.shape[1] * UPDATE_CHANNELS_KEPT  # the update's activations per pixel
+            h, delta = maybe_checkpoint(self.update, h, corr, flow, elements=kept)
         else:
             h, delta = self.update(h, corr, flow)
         if self.stride > 1:
