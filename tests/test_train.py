@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,6 +80,22 @@ def test_pretrain_then_gan_training_write_self_describing_checkpoints(data, tmp_
     assert ckpt["trainer"]["opt_d"]["param_groups"][0]["lr"] == cfg.train.lr * 2
     assert (tmp_path / "gan" / "reports" / "losses.tsv").read_text().startswith("step\t")
     assert (tmp_path / "gan" / "reports" / "samples" / "step-000002.png").exists()
+
+
+def test_a_run_killed_after_its_last_checkpoint_rewrites_model_and_samples(data, tmp_path):
+    """DVC removes a stage's outputs before it reruns; the finished checkpoint must bring them all back."""
+    raw, processed = data
+    cfg = tiny_training_config(raw, processed, crop=32)
+    train(cfg, "pretrain", processed, tmp_path)
+    model, samples = tmp_path / "model.pt", tmp_path / "reports" / "samples"
+    before = load_checkpoint(model)["model"]
+    model.unlink()
+    shutil.rmtree(samples)
+    with pytest.warns(UserWarning, match="has finished all 4 steps"):
+        train(cfg, "pretrain", processed, tmp_path)
+    after = load_checkpoint(model)["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert (samples / "step-000004.png").exists()
 
 
 def test_resume_after_sigkill_ends_at_the_same_weights(data, tmp_path):

@@ -146,6 +146,9 @@ def run_training(cfg: Config, spec: StageSpec, pairs: pd.DataFrame, paths: RunPa
     if start >= section.steps:
         warnings.warn(f"{spec.name}: the checkpoint in {paths.ckpt_dir} has finished all {section.steps} steps for "
                       "these inputs; writing its model", stacklevel=2)
+        if info.is_main:  # a run killed after its last checkpoint: the last sample grid may be gone with it
+            last = next(iter(batches(cfg, spec, pairs, info, section.steps - 1)))
+            _save_samples(trainer, last, section.steps, spec.name, paths.reports, artifact)
     final = trainer.final_model()
     if info.is_main:
         save_model(paths.out_model, final, config=config, stage=spec.name, step=section.steps, inputs=inputs)
