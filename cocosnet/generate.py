@@ -34,7 +34,14 @@ def load_model_file(path: str | Path, device: str = "cpu") -> tuple[CoCosNet, Co
     """A model file of this project (models/*.pt, or `cocosnet import-official`'s) in eval mode, built
     from the config it records."""
     path = Path(path)
-    state = load_checkpoint(path)
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as exc:
+        if not path.is_file():
+            raise
+        reason = str(exc).split(": ", 1)[-1].split("; ")[0]  # without the stage-rerun hint
+        raise CheckpointError(f"{path}: not a model file of this project ({reason}); pass models/train.pt, or "
+                              "convert official weights with `cocosnet import-official`") from None
     if "model" not in state or "config" not in state:
         raise CheckpointError(f"{path}: a checkpoint without a model and its config; pass a model file "
                               "(models/train.pt, or one written by `cocosnet import-official`)")

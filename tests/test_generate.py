@@ -104,7 +104,7 @@ def test_bad_input_is_one_line_with_status_2_and_nothing_written(model_file, pho
         args += ["--pairs", tmp_path / "pairs.csv"]
     assert run(*args) == 2
     err = capsys.readouterr().err.strip()
-    expected = {"image": "broken.jpg", "pose": "only 3 of 18 joints present", "model": "weights.pth",
+    expected = {"image": "broken.jpg", "pose": "only 3 of 18 joints present", "model": "weights.pth: not a model file",
                 "flags": "--pairs goes with --out-dir only"}[case]
     assert err.startswith("error: ") and "\n" not in err and expected in err, err
     assert "Traceback" not in err and not (tmp_path / "o.png").exists()
