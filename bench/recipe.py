@@ -23,7 +23,7 @@ from cocosnet.io import atomic_write_json
 from cocosnet.train.distributed import DistInfo
 from cocosnet.train.inputs import PRETRAIN
 from cocosnet.train.loop import batches, build
-from stages.study_score import score_matchers
+from stages.study_score import score_matchers, without_gru
 
 
 def with_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -65,15 +65,18 @@ def main() -> None:
             history.append({"step": step, **metrics})
             print(args.name, history[-1], flush=True)
     minutes = (time.perf_counter() - start) / 60
-    result = score_matchers(cfg, {"trained": trainer.model.matcher}, eval_pairs(pairs, args.pairs, "self"),
-                            device=device)
+    matchers = {"trained": trainer.model.matcher}
+    if any(cfg.model.correspondence.gru):
+        matchers["trained_gru_off"] = without_gru(cfg, trainer.model).matcher
+    result = score_matchers(cfg, matchers, eval_pairs(pairs, args.pairs, "self"), device=device, bounds=True)
     report = {"name": args.name, "overrides": args.overrides, "steps": args.steps, "pairs": args.pairs,
               "train_minutes": round(minutes, 2), "per_level": result, "history": history}
     atomic_write_json(Path(args.out) / f"{args.name}.json", report)
-    for lv in result["trained"]:
-        t, i = result["trained"][lv], result["identity"][lv]
-        print(f"{args.name} L{lv}: epe {t['epe_px']:.2f} vs {i['epe_px']:.2f}  acc1 {t['acc_1px']:.3f} "
-              f"vs {i['acc_1px']:.3f}")
+    for name in matchers:
+        for lv in result[name]:
+            t, i = result[name][lv], result["identity"][lv]
+            print(f"{args.name} {name} L{lv}: epe {t['epe_px']:.2f} vs {i['epe_px']:.2f}  acc1 {t['acc_1px']:.3f} "
+                  f"vs {i['acc_1px']:.3f}")
 
 
 if __name__ == "__main__":

@@ -104,6 +104,7 @@ class CorrespondenceConfig:
     iters: tuple[int, ...] = check(1)  # PatchMatch (+ GRU) iterations (official 5)
     gru: tuple[bool, ...]  # learned GRU update after each iteration; false = search only (the official in effect)
     update_stride: tuple[int, ...] = check(1)  # the GRU runs on a grid pooled this many times
+    rerank: tuple[bool, ...]  # the GRU also biases the final candidate scores (not in the official code)
     search_radius: tuple[float, ...] = check(**POSITIVE)  # first random-search radius (level px), halved per iteration
     search_samples: tuple[int, ...] = check(0)  # random-search samples per pixel and iteration
     handed_down: tuple[int, ...] = check(1)  # best candidates of the coarser level that start this one (official 1)
@@ -140,6 +141,7 @@ class LossWeights:
     feat_align: float = check(0)
     warp_self: float = check(0)
     warp_cycle: float = check(0)
+    warp_geometry: float = check(0)  # not in the paper: warped pose geometry (docs/studies/correspondence.md)
     gan: float = check(0)
     gan_feat: float = check(0)
     fm: float = check(0)

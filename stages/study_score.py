@@ -18,7 +18,13 @@ from cocosnet.config import Config
 from cocosnet.data.dataset import PairDataset
 from cocosnet.evaluate import eval_pairs
 from cocosnet.io import atomic_write_json
-from cocosnet.metrics.correspondence import batch_gt, identity_coords, level_errors, summarise
+from cocosnet.metrics.correspondence import (
+    batch_gt,
+    identity_coords,
+    level_errors,
+    refinement_bounds,
+    summarise,
+)
 from cocosnet.metrics.schema import flat_metrics
 from cocosnet.models.cocosnet import CoCosNet
 from cocosnet.progress import progress
@@ -29,12 +35,14 @@ from stages.common import run_stage
 
 @torch.no_grad()
 def score_matchers(cfg: Config, matchers: dict[str, torch.nn.Module], table: pd.DataFrame, *,
-                   device: torch.device) -> dict[str, dict[str, dict]]:
-    """who -> level ("0" coarsest) -> epe_px / acc_1px / acc_3px / pixels, plus who = "identity"."""
+                   device: torch.device, bounds: bool = False) -> dict[str, dict[str, dict]]:
+    """who -> level ("0" coarsest) -> epe_px / acc_1px / acc_3px / pixels, plus who = "identity".
+    bounds: also the matchers' `refinement_bounds` per level."""
     root = Path(cfg.data.root)
     dataset = PairDataset(table, Path(cfg.data.processed), load_size=cfg.data.load_size,
                           crop_size=cfg.data.crop_size, random_crop=False)
     errors: dict[str, dict[int, list]] = {}
+    best: dict[str, dict[int, list]] = {}
     for m in matchers.values():
         m.eval().to(device)
     loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False)
@@ -49,8 +57,15 @@ def score_matchers(cfg: Config, matchers: dict[str, torch.nn.Module], table: pd.
         for who, per_level in coords.items():
             for level, errs in level_errors(per_level, gt, valid).items():
                 errors.setdefault(who, {}).setdefault(level, []).append(errs)
-    return {who: {str(level): summarise(torch.cat(e)) for level, e in sorted(levels.items())}
-            for who, levels in errors.items()}
+            if bounds and who in matchers:
+                for level, errs in level_errors(per_level, gt, valid, best_of_k=True).items():
+                    best.setdefault(who, {}).setdefault(level, []).append(errs)
+    result = {who: {str(level): summarise(torch.cat(e)) for level, e in sorted(levels.items())}
+              for who, levels in errors.items()}
+    for who, levels in best.items():
+        for level, e in levels.items():
+            result[who][str(level)].update(refinement_bounds(torch.cat(errors[who][level]), torch.cat(e)))
+    return result
 
 
 def without_gru(cfg: Config, model: CoCosNet) -> CoCosNet:

@@ -99,8 +99,8 @@ def corr_config(levels=4, **per_level):
     n = levels - 1
     raw["model"]["align"].update(widths=[16] * (levels - 1) + [8], match_channels=8, spade_hidden=8)
     c = raw["model"]["correspondence"]
-    c.update(num_candidates=[4] * n, iters=[2] * n, gru=[True] * n, update_stride=[2] * n, search_radius=[4.0] * n,
-             search_samples=[4] * n, handed_down=[4] * n, gru_hidden=8)
+    c.update(num_candidates=[4] * n, iters=[2] * n, gru=[True] * n, update_stride=[2] * n, rerank=[False] * n,
+             search_radius=[4.0] * n, search_samples=[4] * n, handed_down=[4] * n, gru_hidden=8)
     c.update(per_level)
     raw["model"]["generator"].update(ngf=8, head_width=16, spade_hidden=8)
     raw["data"].update(crop_size=2 ** (levels - 1) * 4, load_size=2 ** (levels - 1) * 4)

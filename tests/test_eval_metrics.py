@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from cocosnet.data.deepfashion import read_split_list
-from cocosnet.metrics.correspondence import endpoint_errors, gt_in_crop, level_gt, summarise
+from cocosnet.metrics.correspondence import (endpoint_errors, gt_in_crop, level_errors, level_gt,
+                                           refinement_bounds, summarise)
 from cocosnet.metrics.paired import l1, psnr, ssim
 
 
@@ -44,6 +45,21 @@ def test_level_gt_and_errors():
     errs = endpoint_errors(lg, lg, lv)
     assert summarise(errs)["epe_px"] == 0.0 and summarise(errs)["acc_1px"] == 1.0
     assert summarise(torch.tensor([]))["pixels"] == 0
+
+
+def test_best_of_k_errors_and_the_refinement_bounds():
+    gt = torch.zeros(1, 2, 2, 2)
+    valid = torch.tensor([[[True, True], [True, False]]])
+    # per pixel: candidate 0 (the top-1) is off by 4, 2, 0.5, 9 px in x; candidate 1 by 1, 5, 0, 0
+    coords = torch.zeros(1, 2, 2, 2, 2)
+    coords[0, :, :, 0, 0] = torch.tensor([[4.0, 2.0], [0.5, 9.0]])
+    coords[0, :, :, 1, 0] = torch.tensor([[1.0, 5.0], [0.0, 0.0]])
+    top = level_errors([coords], gt, valid)[0]
+    best = level_errors([coords], gt, valid, best_of_k=True)[0]
+    assert top.tolist() == [4.0, 2.0, 0.5] and best.tolist() == [1.0, 2.0, 0.0]  # the invalid pixel is left out
+    bounds = refinement_bounds(top, best)
+    assert abs(bounds["epe_beyond_3px"] - 4.0 / 3) < 1e-6  # only the 4 px error is beyond local refinement
+    assert bounds["best_of_k_epe_px"] == 1.0
 
 
 def test_ssim_matches_a_direct_scipy_transcription_of_wang_et_al():

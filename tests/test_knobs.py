@@ -98,6 +98,27 @@ def test_iterations_and_update_stride_per_level(monkeypatch):
     assert sorted(set(grids)) == [(1, (8, 8)), (2, (8, 8)), (4, (8, 8))]  # 8/1, 16/2 and 32/4
 
 
+def test_rerank_starts_from_the_search_ranking_learns_and_can_change_the_first_candidate():
+    query, key, truth = planted(16, 16, seed=3)
+    init = coarse_init(truth)
+    colors = torch.rand(1, 3, 16, 16)
+    torch.manual_seed(0)
+    plain = PatchMatchGRU(16, num_candidates=4, iters=2, update_stride=1).train()
+    torch.manual_seed(0)
+    level = PatchMatchGRU(16, num_candidates=4, iters=2, update_stride=1, rerank=True).train()
+    level.load_state_dict(plain.state_dict(), strict=False)
+    run = lambda m: m(query, key, colors, init=init, generator=torch.Generator().manual_seed(1))  # noqa: E731
+    (c0, s0, w0), (c1, s1, w1) = run(plain), run(level)
+    assert torch.equal(c0, c1) and torch.allclose(s0, s1) and torch.allclose(w0, w1)  # zero bias at the start
+    w1.abs().mean().backward()
+    assert level.update.rerank[-1].weight.grad.abs().sum() > 0
+    with torch.no_grad():  # a bias that favours the last candidate everywhere puts it first
+        level.update.rerank[-1].bias.copy_(torch.tensor([0.0, 0.0, 0.0, 10.0]))
+    c2, _, _ = run(level)
+    assert (c2[..., 0, :] != c1[..., 0, :]).any(-1).float().mean() > 0.9
+    assert not PatchMatchGRU(16, num_candidates=4, gru=False, rerank=True).rerank  # search only: nothing to rerank
+
+
 @pytest.mark.parametrize("levels", [3, 5])
 def test_the_number_of_levels_follows_the_widths(levels):
     cfg = corr_config(levels)

@@ -55,7 +55,7 @@ def test_losses_are_finite_with_the_params_keys_and_reach_every_module():
     cfg = tiny_config()
     model, disc = CoCosNet.from_config(cfg), build_discriminator(cfg)
     label, exemplar, exemplar_label, real = batch(64, 64)
-    out = model(label, exemplar, exemplar_label, real=real, cycle=True)
+    out = model(label, exemplar, exemplar_label, real=real, cycle=True, geometry_warp=True)
     terms = generator_terms(out, label=label, real=real, exemplar=exemplar, self_ref=torch.tensor([1.0, 0.0]),
                             disc=disc, vgg=VGG19())
     assert set(terms) == set(LOSS_KEYS) == {f.name for f in dataclasses.fields(cfg.loss_weights)}
@@ -112,7 +112,7 @@ def test_missing_or_wrong_vgg_weights_say_what_to_do(tmp_path):
     with pytest.raises(WeightsError, match="bad.pth.*layout"):
         load_vgg19(str(tmp_path / "bad.pth"))
     (tmp_path / "cut.pth").write_bytes((tmp_path / "bad.pth").read_bytes()[:40])
-    with pytest.raises(WeightsError, match=r"cut\.pth: unreadable VGG19 weights"):
+    with pytest.raises(WeightsError, match=r"cut\.pth: not a readable VGG19 weights file"):
         load_vgg19(str(tmp_path / "cut.pth"))
 
 

@@ -8,8 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from cocosnet.data.pose import label_to_input, render_pose_label
+from cocosnet.losses.objective import correspondence_terms
+from cocosnet.losses.terms import geometry_warp_loss
 from cocosnet.models.cocosnet import CoCosNet
 from cocosnet.models.correspondence import dense_match
+from cocosnet.models.patchmatch import sample_at
 from cocosnet.models.pose_geometry import PoseGeometry, geometry_features
 from tests.helpers import corr_config, inputs
 
@@ -65,3 +68,44 @@ def test_weight_zero_is_the_official_matching_and_a_positive_weight_learns():
     out = on(label, exemplar, exemplar_label, real=real, cycle=True)
     (out.image.abs().mean() + sum(w.abs().mean() for w in out.correspondence.warps)).backward()
     assert on.matcher.geometry.log_weight.grad.abs().sum() > 0
+
+
+def test_extra_maps_are_warped_with_the_colour_weights_and_leave_the_colours_alone():
+    torch.manual_seed(0)
+    cfg = corr_config(pose_geometry=1.0)
+    model = CoCosNet.from_config(cfg).eval()  # eval: spectral norm's power iteration would change the weights
+    label, exemplar, exemplar_label, real = inputs(32)
+    seed = 5
+    plain = model.matcher(label, exemplar, exemplar_label, generator=torch.Generator().manual_seed(seed))
+    out = model.matcher(label, exemplar, exemplar_label, geometry_warp=True,
+                        generator=torch.Generator().manual_seed(seed))
+    corr = out.correspondence
+    for a, b in zip(plain.correspondence.warps, corr.warps):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert len(out.geometry) == len(corr.extra_warps) == len(corr.warps)
+    for level, (warped, target, coords, scores) in enumerate(zip(corr.extra_warps, out.geometry, corr.coords,
+                                                                  corr.scores)):
+        assert warped.shape == target.shape == (label.shape[0], 17, *coords.shape[1:3])
+        if level == 0:
+            continue
+        exemplar_geometry = geometry_features(exemplar_label, [tuple(target.shape[-2:])], 20.0)[0]
+        weights = torch.softmax(scores / cfg.model.correspondence.temperature, dim=-1)  # (B, h, w, k)
+        want = (sample_at(exemplar_geometry, coords) * weights.unsqueeze(1)).sum(-1)
+        assert torch.allclose(warped, want, atol=1e-5)
+
+
+def test_the_geometry_warp_loss_is_only_computed_when_asked_and_trains_the_gru():
+    torch.manual_seed(1)
+    model = CoCosNet.from_config(corr_config(pose_geometry=1.0)).train()
+    label, exemplar, exemplar_label, real = inputs(32)
+    kwargs = dict(real=real, exemplar=exemplar, self_ref=torch.ones(label.shape[0]))
+    plain = model.matcher(label, exemplar, exemplar_label, real=real, cycle=True)
+    assert "warp_geometry" not in correspondence_terms(plain, **kwargs)
+    out = model.matcher(label, exemplar, exemplar_label, real=real, cycle=True, geometry_warp=True)
+    terms = correspondence_terms(out, **kwargs)
+    assert terms["warp_geometry"] > 0
+    terms["warp_geometry"].backward()
+    gru = [p for name, p in model.matcher.named_parameters() if ".update." in name]
+    assert gru and all(p.grad is not None and p.grad.abs().sum() > 0 for p in gru[-2:])
+    same = [torch.rand(1, 17, 4, 4)] * 2
+    assert geometry_warp_loss(same, same) == 0

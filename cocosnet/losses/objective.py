@@ -6,15 +6,17 @@ import torch
 from torch import Tensor, nn
 
 from cocosnet.losses.terms import (alignment_loss, cycle_loss, gan_discriminator_loss, gan_feature_loss,
-                                   gan_generator_loss, perceptual_loss, vgg_contextual_loss,
+                                   gan_generator_loss, geometry_warp_loss, perceptual_loss, vgg_contextual_loss,
                                    vgg_feature_matching_loss, warp_loss)
 from cocosnet.models.cocosnet import CoCosNetOutput, MatchOutput
 
 
 def correspondence_terms(out: MatchOutput, *, real: Tensor, exemplar: Tensor,
                          self_ref: Tensor) -> dict[str, Tensor]:
-    """Alignment, warp and cycle terms (the pretraining objective)."""
+    """Alignment, warp and cycle terms (the pretraining objective), and the geometry warp when it was warped."""
     terms = {"warp_self": warp_loss(out.correspondence.warps, real, self_ref)}
+    if out.geometry is not None and out.correspondence.extra_warps is not None:
+        terms["warp_geometry"] = geometry_warp_loss(out.correspondence.extra_warps, out.geometry)
     if out.real_feats is not None:
         terms["feat_align"] = alignment_loss(out.label_feats, out.real_feats)
     if out.correspondence.cycle_warp is not None:

@@ -15,7 +15,8 @@ from torch import Tensor
 from cocosnet.losses.contextual import contextual_loss
 from cocosnet.models.blocks import resize_to
 
-LOSS_KEYS = ("feat_align", "warp_self", "warp_cycle", "gan", "gan_feat", "fm", "perceptual", "contextual")
+LOSS_KEYS = ("feat_align", "warp_self", "warp_cycle", "warp_geometry", "gan", "gan_feat", "fm", "perceptual",
+             "contextual")
 FM_LAYERS = (("relu1_2", 1 / 32), ("relu2_2", 1 / 16), ("relu3_2", 1 / 8), ("relu4_2", 1 / 4), ("relu5_2", 1.0))
 
 
@@ -39,6 +40,12 @@ def warp_loss(warps: list[Tensor], real: Tensor, self_ref: Tensor) -> Tensor:
     """Sum over levels of the per-sample-weighted L1 between each warp and the pooled target."""
     w = sample_weights(self_ref)
     return sum(_weighted_l1(warp, resize_to(real, warp.shape[-2:], "area"), w) for warp in warps)
+
+
+def geometry_warp_loss(warped: list[Tensor], target: list[Tensor]) -> Tensor:
+    """Sum over levels of L1 between the warped exemplar pose geometry and the target's, over all pairs:
+    the geometry depends on the pose only, so unlike the colours it has a true match in every pair."""
+    return sum(F.l1_loss(w, t) for w, t in zip(warped, target))
 
 
 def cycle_loss(cycle_warp: Tensor, exemplar: Tensor) -> Tensor:

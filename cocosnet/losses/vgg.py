@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cocosnet.errors import WeightsError, WeightsNotFound
+from cocosnet.state_file import read_state_dict
 
 # (name, in, out) per conv up to conv5_2; pooling after conv1_2, 2_2, 3_4, 4_4.
 CONVS = (("conv1_1", 3, 64), ("conv1_2", 64, 64), ("conv2_1", 64, 128), ("conv2_2", 128, 128),
@@ -83,13 +84,7 @@ def load_vgg19(weights: str, *, base: Path = Path(".")) -> VGG19:
     path = Path(weights) if Path(weights).is_absolute() else base / weights
     if not path.is_file():
         raise WeightsNotFound(f"VGG19 weights not found: {path} (params.yaml vgg.weights). {WEIGHTS_HELP}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 -- torch raises RuntimeError/EOFError/UnpicklingError/...
-        raise WeightsError(f"{path}: unreadable VGG19 weights ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0][:160]}). {WEIGHTS_HELP}") from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
+    state = read_state_dict(path, what="VGG19 weights file", hint=WEIGHTS_HELP)
     mapped = _to_project_layout(state, str(path))
     for key, value in mapped.items():
         expected = vgg.state_dict()[key].shape

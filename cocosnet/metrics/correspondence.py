@@ -80,11 +80,22 @@ def batch_gt(root: Path, table, batch: dict, *, load_size: int, crop: int) -> tu
     return torch.from_numpy(np.stack(gts)), torch.from_numpy(np.stack(valids))
 
 
-def level_errors(coords: list[Tensor], gt: Tensor, valid: Tensor) -> dict[int, Tensor]:
-    """Top-1 end-point errors per level. coords: per level (B, h, w, k, 2) or (B, h, w, 2), best first."""
+def level_errors(coords: list[Tensor], gt: Tensor, valid: Tensor, *, best_of_k: bool = False) -> dict[int, Tensor]:
+    """Top-1 end-point errors per level. coords: per level (B, h, w, k, 2) or (B, h, w, 2), best first.
+    best_of_k: the error of the candidate nearest the truth instead (what a perfect re-ranking would reach)."""
     out = {}
     for level, c in enumerate(coords):
-        top = c[..., 0, :] if c.dim() == 5 else c
-        lg, lv = level_gt(gt, valid, tuple(top.shape[1:3]))
-        out[level] = endpoint_errors(top.cpu(), lg, lv)
+        c = c if c.dim() == 5 else c.unsqueeze(3)
+        lg, lv = level_gt(gt, valid, tuple(c.shape[1:3]))
+        per_candidate = (c.cpu() - lg.unsqueeze(3)).norm(dim=-1)  # (B, h, w, k)
+        errors = per_candidate.min(dim=-1).values if best_of_k else per_candidate[..., 0]
+        out[level] = errors[lv]
     return out
+
+
+def refinement_bounds(errors: Tensor, best_of_k: Tensor) -> dict[str, float]:
+    """What a refinement of the top-1 matches could still gain, from the same pixels' errors:
+    `epe_beyond_3px`, the EPE left if every match within 3 px became exact (the floor of any local
+    refinement), and `best_of_k_epe_px`, the EPE if the best of the k candidates were ranked first."""
+    return {"epe_beyond_3px": float((errors * (errors > 3)).mean()) if errors.numel() else float("nan"),
+            "best_of_k_epe_px": float(best_of_k.mean()) if best_of_k.numel() else float("nan")}

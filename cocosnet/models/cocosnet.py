@@ -15,7 +15,7 @@ from cocosnet.models.correspondence import CorrespondenceOutput, HierarchicalCor
 from cocosnet.models.discriminator import MultiscaleDiscriminator
 from cocosnet.models.generator import SPADEGenerator
 from cocosnet.models.patchmatch import Generators
-from cocosnet.models.pose_geometry import PoseGeometry
+from cocosnet.models.pose_geometry import PoseGeometry, geometry_features
 
 
 @dataclass
@@ -23,6 +23,7 @@ class MatchOutput:
     correspondence: CorrespondenceOutput
     label_feats: list[Tensor]  # L2-normalised label-encoder features, coarse to fine
     real_feats: list[Tensor] | None  # image-encoder features of (real target + its label), when given
+    geometry: list[Tensor] | None  # with geometry_warp: the target's pose geometry per level
 
 
 @dataclass
@@ -42,27 +43,34 @@ class Matcher(nn.Module):
         self.geometry = (PoseGeometry(len(align.widths), weight=correspondence.pose_geometry,
                                       sharpness=correspondence.geometry_sharpness)
                          if correspondence.pose_geometry > 0 else None)
+        self.sharpness = correspondence.geometry_sharpness
         channels = align.match_channels + (NUM_LIMBS_DRAWN if self.geometry is not None else 0)
         self.correspondence = HierarchicalCorrespondence(channels, correspondence)
         self.divisor = 2 ** (len(align.widths) - 1)  # the coarsest level is at 1 / divisor
 
     def forward(self, label: Tensor, exemplar: Tensor, exemplar_label: Tensor, *, real: Tensor | None = None,
-                cycle: bool = False, generator: Generators = None) -> MatchOutput:
+                cycle: bool = False, geometry_warp: bool = False, generator: Generators = None) -> MatchOutput:
         """label, exemplar_label (B, 20, H, W) in [0, 1]; exemplar, real (B, 3, H, W) in [-1, 1].
 
         H and W must be divisible by 2^(levels - 1). `real` (the target photo, for the
         alignment loss) runs the exemplar encoder a second time; `cycle`
-        builds the level-0 cycle warp.
+        builds the level-0 cycle warp; `geometry_warp` also warps the exemplar's pose
+        geometry and returns the target's (for the `warp_geometry` loss).
         """
         if label.shape[-2] % self.divisor or label.shape[-1] % self.divisor:
             raise ValueError(f"height and width must be divisible by {self.divisor}, got {tuple(label.shape[-2:])}")
         label_feats, query = self.align_label(label)
         _, key = self.align_exemplar(torch.cat([exemplar, exemplar_label], dim=1))
+        geometry = extra = None
+        if geometry_warp:
+            sizes = [tuple(q.shape[-2:]) for q in query]
+            geometry = geometry_features(label, sizes, self.sharpness)
+            extra = geometry_features(exemplar_label, [tuple(k.shape[-2:]) for k in key], self.sharpness)
         if self.geometry is not None:
             query, key = self.geometry(query, label), self.geometry(key, exemplar_label)
-        corr = self.correspondence(query, key, exemplar, cycle=cycle, generator=generator)
+        corr = self.correspondence(query, key, exemplar, cycle=cycle, extra=extra, generator=generator)
         real_feats = self.align_exemplar(torch.cat([real, label], dim=1))[0] if real is not None else None
-        return MatchOutput(corr, label_feats, real_feats)
+        return MatchOutput(corr, label_feats, real_feats, geometry)
 
 
 class CoCosNet(nn.Module):
@@ -81,11 +89,12 @@ class CoCosNet(nn.Module):
         return cls(cfg.model)
 
     def forward(self, label: Tensor, exemplar: Tensor, exemplar_label: Tensor, *, real: Tensor | None = None,
-                cycle: bool = False, generator: Generators = None) -> CoCosNetOutput:
+                cycle: bool = False, geometry_warp: bool = False, generator: Generators = None) -> CoCosNetOutput:
         """Match (see `Matcher.forward`), then generate from the warps of every level and the label."""
-        match = self.matcher(label, exemplar, exemplar_label, real=real, cycle=cycle, generator=generator)
+        match = self.matcher(label, exemplar, exemplar_label, real=real, cycle=cycle, geometry_warp=geometry_warp,
+                             generator=generator)
         image = self.generate(match.correspondence.warps, label)
-        return CoCosNetOutput(match.correspondence, match.label_feats, match.real_feats, image)
+        return CoCosNetOutput(match.correspondence, match.label_feats, match.real_feats, match.geometry, image)
 
     def generate(self, warps: list[Tensor], label: Tensor) -> Tensor:
         """warps per level, coarse to fine, (B, 3, h_l, w_l); label (B, 20, H, W) -> image (B, 3, H, W).

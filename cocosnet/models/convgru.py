@@ -30,9 +30,10 @@ class SepConvGRU(nn.Module):
 
 
 class UpdateBlock(nn.Module):
-    """Candidate scores + offsets -> motion features -> SepConvGRU -> continuous offset deltas."""
+    """Candidate scores + offsets -> motion features -> SepConvGRU -> continuous offset deltas, and with
+    `rerank` a score bias per candidate (zero at initialisation, so training starts from the search's ranking)."""
 
-    def __init__(self, num_candidates: int, hidden_dim: int = 32, motion_dim: int = 64):
+    def __init__(self, num_candidates: int, hidden_dim: int = 32, motion_dim: int = 64, *, rerank: bool = False):
         super().__init__()
         k = num_candidates
         relu = nn.ReLU(inplace=False)
@@ -43,9 +44,16 @@ class UpdateBlock(nn.Module):
         self.gru = SepConvGRU(hidden_dim, hidden_dim + 2 * k)
         self.head = nn.Sequential(nn.Conv2d(hidden_dim, 2 * hidden_dim, 3, padding=1), relu,
                                   nn.Conv2d(2 * hidden_dim, 2 * k, 3, padding=1))
+        self.rerank = None
+        if rerank:
+            self.rerank = nn.Sequential(nn.Conv2d(hidden_dim, 2 * hidden_dim, 3, padding=1), relu,
+                                        nn.Conv2d(2 * hidden_dim, k, 3, padding=1))
+            nn.init.zeros_(self.rerank[-1].weight)
+            nn.init.zeros_(self.rerank[-1].bias)
 
-    def forward(self, h: Tensor, corr: Tensor, flow: Tensor) -> tuple[Tensor, Tensor]:
-        """h (B, hidden, H, W), corr (B, k, H, W), flow (B, 2k, H, W) -> (h, delta (B, 2k, H, W))."""
+    def forward(self, h: Tensor, corr: Tensor, flow: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """h (B, hidden, H, W), corr (B, k, H, W), flow (B, 2k, H, W)
+        -> (h, delta (B, 2k, H, W), score bias (B, k, H, W) or None)."""
         motion = self.motion(torch.cat([self.corr_enc(corr), self.flow_enc(flow)], dim=1))
         h = self.gru(h, torch.cat([motion, flow], dim=1))
-        return h, self.head(h)
+        return h, self.head(h), None if self.rerank is None else self.rerank(h)

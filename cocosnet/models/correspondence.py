@@ -26,25 +26,27 @@ class CorrespondenceOutput:
     cycle_warp: Tensor | None  # (B, 3, h_0, w_0) in training, else None
     coords: list[Tensor]  # per level: (B, h_l, w_l, k, 2) exemplar (x, y) in level pixels, best first
     scores: list[Tensor]  # per level: (B, h_l, w_l, k)
+    extra_warps: list[Tensor] | None = None  # per level: the `extra` maps warped like the colours
 
 
 def dense_match(query: Tensor, key: Tensor, key_colors: Tensor, *, temperature: float, k: int,
                 cycle: bool) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
     """Full matching at the coarsest level.
 
-    query, key (B, C, h, w) normalised; key_colors (B, 3, h, w). Returns the
-    softmax warp (B, 3, h, w), the cycle warp (or None), and the top-k exemplar
+    query, key (B, C, h, w) normalised; key_colors (B, c, h, w). Returns the
+    softmax warp (B, c, h, w), the cycle warp (or None), and the top-k exemplar
     positions (B, h, w, k, 2) with their similarities (B, h, w, k).
     """
-    b, c, h, w = query.shape
+    b, _, h, w = query.shape
     hk, wk = key.shape[-2:]
+    c = key_colors.shape[1]
     sim = query.flatten(2).transpose(1, 2) @ key.flatten(2)  # (B, hw, hk*wk)
     attn = torch.softmax(sim / temperature, dim=-1)
-    warp = (attn @ key_colors.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, 3, h, w)
+    warp = (attn @ key_colors.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, c, h, w)
     cycle_warp = None
     if cycle:
         back = torch.softmax(sim / temperature, dim=1).transpose(1, 2)  # (B, hk*wk, hw)
-        cycle_warp = (back @ warp.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, 3, hk, wk)
+        cycle_warp = (back @ warp.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, c, hk, wk)
     scores, index = sim.topk(min(k, sim.shape[-1]), dim=-1)  # (B, hw, k)
     coords = torch.stack([index % wk, index // wk], dim=-1).to(query.dtype)
     return warp, cycle_warp, coords.view(b, h, w, -1, 2), scores.view(b, h, w, -1)
@@ -72,23 +74,32 @@ class HierarchicalCorrespondence(nn.Module):
         self.levels = nn.ModuleList([
             PatchMatchGRU(match_channels, num_candidates=k, iters=iters, hidden_dim=cfg.gru_hidden,
                           temperature=cfg.temperature, update_stride=stride, gru=gru, search_radius=radius,
-                          search_samples=samples)
-            for k, iters, gru, stride, radius, samples in zip(
-                cfg.num_candidates, cfg.iters, cfg.gru, cfg.update_stride, cfg.search_radius, cfg.search_samples)])
+                          search_samples=samples, rerank=rerank)
+            for k, iters, gru, stride, radius, samples, rerank in zip(
+                cfg.num_candidates, cfg.iters, cfg.gru, cfg.update_stride, cfg.search_radius, cfg.search_samples,
+                cfg.rerank)])
 
     def forward(self, query: list[Tensor], key: list[Tensor], exemplar: Tensor, *, cycle: bool = False,
-                generator: Generators = None) -> CorrespondenceOutput:
-        """query/key: matching features per level, coarse to fine; exemplar (B, 3, H, W) in [-1, 1]."""
+                extra: list[Tensor] | None = None, generator: Generators = None) -> CorrespondenceOutput:
+        """query/key: matching features per level, coarse to fine; exemplar (B, 3, H, W) in [-1, 1].
+
+        extra: optional maps in the exemplar frame, one per level at the key's size (B, c, h_l, w_l),
+        warped with the same weights as the colours (into `extra_warps`).
+        """
         colors = [resize_to(exemplar, k.shape[-2:], "area") for k in key]
+        if extra is not None:
+            colors = [torch.cat([c, e.to(c.dtype)], dim=1) for c, e in zip(colors, extra)]
         warp, cycle_warp, coords, scores = dense_match(query[0], key[0], colors[0], temperature=self.temperature,
                                                        k=self.handed_down[0], cycle=cycle)
-        out = CorrespondenceOutput([warp], cycle_warp, [coords], [scores])
+        warps, coords_out, scores_out = [warp], [coords], [scores]
         for i, level in enumerate(self.levels, start=1):
             handed = coords[..., :self.handed_down[i - 1], :].detach()  # the best of the coarser level
             init = upsample_candidates(handed, tuple(query[i].shape[-2:]), tuple(key[i].shape[-2:]),
                                        tuple(key[i - 1].shape[-2:]))
             coords, scores, warp = level(query[i], key[i], colors[i], init=init, generator=generator)
-            out.warps.append(warp)
-            out.coords.append(coords)
-            out.scores.append(scores)
-        return out
+            warps.append(warp)
+            coords_out.append(coords)
+            scores_out.append(scores)
+        return CorrespondenceOutput([w[:, :3] for w in warps], None if cycle_warp is None else cycle_warp[:, :3],
+                                    coords_out, scores_out,
+                                    None if extra is None else [w[:, 3:] for w in warps])

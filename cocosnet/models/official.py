@@ -27,10 +27,17 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from cocosnet.config import AlignConfig, CorrespondenceConfig, DiscriminatorConfig, GeneratorConfig, ModelConfig
+from cocosnet.config import (
+    AlignConfig,
+    CorrespondenceConfig,
+    DiscriminatorConfig,
+    GeneratorConfig,
+    ModelConfig,
+)
 from cocosnet.data.pose import LABEL_CHANNELS
 from cocosnet.errors import WeightsError
 from cocosnet.models.cocosnet import CoCosNet
+from cocosnet.state_file import read_state_dict
 
 IGNORED_PREFIX = "patch_match."  # the official GRU, never trained (see the module docstring)
 DEAD_BIAS = re.compile(r"adaptive_model_(seg|img)\.layer\d+\.1\.model\.[15]\.bias")
@@ -41,7 +48,8 @@ def official_correspondence(levels: int) -> CorrespondenceConfig:
     with this project's learning GRU (update zeroed by `load_official`) and no pose geometry."""
     n = levels - 1
     return CorrespondenceConfig(num_candidates=(16,) * n, iters=(5,) * n, gru=(True,) * n, update_stride=(2,) * n,
-                                search_radius=(4.0,) * n, search_samples=(4,) * n, handed_down=(1,) * n,
+                                rerank=(False,) * n, search_radius=(4.0,) * n, search_samples=(4,) * n,
+                                handed_down=(1,) * n,
                                 gru_hidden=32, temperature=0.01, pose_geometry=0.0, geometry_sharpness=20.0)
 
 
@@ -157,16 +165,7 @@ def _read(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 -- torch raises RuntimeError/EOFError/UnpicklingError/...
-        raise WeightsError(f"{path}: not a readable state dict ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0][:160]})") from None
-    if isinstance(state, Mapping) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise WeightsError(f"{path}: expected a state dict (key -> tensor), got {type(state).__name__}")
-    return dict(state)
+    return read_state_dict(path)
 
 
 def convert_state(corr: Mapping[str, Tensor], gen: Mapping[str, Tensor], model: CoCosNet, *,

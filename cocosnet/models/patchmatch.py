@@ -214,22 +214,25 @@ class PatchMatchGRU(nn.Module):
     stays per pixel, the learned refinement is smooth, and the update costs s^2
     times less. With `gru=False` the level is search only (what the official
     code does in effect, since its GRU never learns): no GRU parameters, and
-    the final positions are the searched ones.
+    the final positions are the searched ones. With `rerank` the last update also
+    adds a learned bias to each candidate's final score, so the GRU can change
+    which candidate is first (a jump of any length, e.g. to a neighbour's match),
+    not only move candidates by its deltas; the returned scores then include it.
     """
 
     def __init__(self, feature_dim: int, *, num_candidates: int = 16, iters: int = 5, hidden_dim: int = 32,
                  temperature: float = 0.01, update_stride: int = 2, gru: bool = True, search_radius: float = 4.0,
-                 search_samples: int = 4):
+                 search_samples: int = 4, rerank: bool = False):
         super().__init__()
         self.k, self.iters, self.temperature = num_candidates, iters, temperature
-        self.stride, self.gru = update_stride, gru
+        self.stride, self.gru, self.rerank = update_stride, gru, gru and rerank
         self.search_radius, self.search_samples = search_radius, search_samples
         if gru:
             self.hidden_init = nn.Sequential(
                 nn.Conv2d(2 * feature_dim, hidden_dim, 3, padding=1, bias=False), nn.InstanceNorm2d(hidden_dim),
                 nn.ReLU(), nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, bias=False),
                 nn.InstanceNorm2d(hidden_dim), nn.ReLU())
-            self.update = UpdateBlock(num_candidates, hidden_dim)
+            self.update = UpdateBlock(num_candidates, hidden_dim, rerank=self.rerank)
 
     def _pool(self, x: Tensor) -> Tensor:
         if self.stride == 1:
@@ -237,26 +240,29 @@ class PatchMatchGRU(nn.Module):
         size = (-(-x.shape[-2] // self.stride), -(-x.shape[-1] // self.stride))
         return F.adaptive_avg_pool2d(x, size)
 
-    def _update(self, h: Tensor, scores: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor]:
-        """-> new hidden state and deltas (B, H, W, k, 2) at full resolution."""
+    def _update(self, h: Tensor, scores: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """-> new hidden state, deltas (B, H, W, k, 2) and score bias (B, H, W, k) or None, at full resolution."""
         b, hh, ww, k, _ = offsets.shape
         corr = self._pool(torch.softmax(scores / self.temperature, dim=-1).permute(0, 3, 1, 2))  # (B, k, h', w')
         flow = self._pool(offsets.permute(0, 3, 4, 1, 2).reshape(b, 2 * k, hh, ww))  # (B, 2k, h', w')
         if self.training and torch.is_grad_enabled():
             kept = h.numel() // h.shape[1] * UPDATE_CHANNELS_KEPT  # the update's activations per pixel
-            h, delta = maybe_checkpoint(self.update, h, corr, flow, elements=kept)
+            h, delta, bias = maybe_checkpoint(self.update, h, corr, flow, elements=kept)
         else:
-            h, delta = self.update(h, corr, flow)
+            h, delta, bias = self.update(h, corr, flow)
         if self.stride > 1:
             delta = F.interpolate(delta, size=(hh, ww), mode="bilinear", align_corners=False)
-        return h, delta.view(b, k, 2, hh, ww).permute(0, 3, 4, 1, 2)
+            if bias is not None:
+                bias = F.interpolate(bias, size=(hh, ww), mode="bilinear", align_corners=False)
+        delta = delta.view(b, k, 2, hh, ww).permute(0, 3, 4, 1, 2)
+        return h, delta, None if bias is None else bias.permute(0, 2, 3, 1)
 
     def forward(self, query: Tensor, key: Tensor, key_colors: Tensor, init: Tensor | None = None,
                 generator: Generators = None) -> tuple[Tensor, Tensor, Tensor]:
-        """query (B, C, H, W), key (B, C, Hk, Wk), key_colors (B, 3, Hk, Wk) at the key's size.
+        """query (B, C, H, W), key (B, C, Hk, Wk), key_colors (B, c, Hk, Wk) at the key's size.
 
         Returns coords (B, H, W, k, 2) best first, scores (B, H, W, k) and the
-        softmax warp of the colours (B, 3, H, W).
+        softmax warp of the colours (B, c, H, W).
         """
         b, _, h, w = query.shape
         hk, wk = key.shape[-2:]
@@ -270,11 +276,13 @@ class PatchMatchGRU(nn.Module):
             if not self.gru:
                 coords = searched
                 continue
-            hidden, delta = self._update(hidden, scores, searched - grid)
+            hidden, delta, bias = self._update(hidden, scores, searched - grid)
             coords = clamp_coords(searched + delta, hk, wk)
             with torch.no_grad():
                 scores = candidate_scores(query, key, coords)
         scores = candidate_scores(query, key, coords)
+        if self.rerank:
+            scores = scores + bias  # the last update's bias, in the order of its candidates
         scores, order = scores.sort(dim=-1, descending=True)
         coords = coords.gather(-2, order.unsqueeze(-1).expand(*order.shape, 2))
         weights = torch.softmax(scores / self.temperature, dim=-1).unsqueeze(1)  # (B, 1, H, W, k)

@@ -29,7 +29,7 @@ from cocosnet.losses.terms import weighted_total
 from cocosnet.models.cocosnet import CoCosNet
 from cocosnet.train.schedule import lr_at, ttur
 
-CORRESPONDENCE_KEYS = ("feat_align", "warp_self", "warp_cycle")
+CORRESPONDENCE_KEYS = ("feat_align", "warp_self", "warp_cycle", "warp_geometry")
 
 
 def sample_generators(seed: int, step: int, indices: Tensor, device: torch.device) -> list[torch.Generator]:
@@ -89,7 +89,8 @@ class CorrespondenceTrainer:
         """Alignment + warp + cycle losses on the matcher."""
         b = _to_device(batch, self.device)
         gens = sample_generators(self.cfg.seed, step, b["index"], self.device)
-        out = self.net(b["label"], b["exemplar"], b["exemplar_label"], real=b["image"], cycle=True, generator=gens)
+        out = self.net(b["label"], b["exemplar"], b["exemplar_label"], real=b["image"], cycle=True,
+                       geometry_warp=self.weights["warp_geometry"] > 0, generator=gens)
         terms = correspondence_terms(out, real=b["image"], exemplar=b["exemplar"], self_ref=b["self_ref"])
         loss = weighted_total(terms, self.weights)
         _optimise(loss, self.opt, self.scaler, self.model.matcher.parameters(), 0.0)
@@ -161,7 +162,7 @@ class GanTrainer:
         self.disc.requires_grad_(False)
         with self._autocast():
             out = self.net(b["label"], b["exemplar"], b["exemplar_label"], real=b["image"], cycle=True,
-                           generator=gens)
+                           geometry_warp=self.weights["warp_geometry"] > 0, generator=gens)
             terms = generator_terms(out, label=b["label"], real=b["image"], exemplar=b["exemplar"],
                                     self_ref=b["self_ref"], disc=self.disc, vgg=self.vgg)
             loss = weighted_total(terms, self.weights)
