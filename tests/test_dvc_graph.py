@@ -8,6 +8,7 @@ import yaml
 
 from cocosnet.deps import import_closure
 from cocosnet.train.inputs import STAGES
+from cocosnet.train.trainer import CORRESPONDENCE_KEYS
 from tests.helpers import ROOT
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -59,6 +60,8 @@ def test_training_stage_params_are_the_checkpoint_check_params():
     for name, spec in STAGES.items():
         assert tuple(DVC[name]["params"]) == spec.params
     assert tuple(STUDY["pretrain"]["params"][0]["study/params.yaml"]) == STAGES["pretrain"].params
+    # every loss the pretraining uses is a param of its stage, so changing its weight reruns it
+    assert {f"loss_weights.{k}" for k in CORRESPONDENCE_KEYS} <= set(STAGES["pretrain"].params)
 
 
 def test_the_flow_runs_dvc_yaml_stages_in_graph_order():
