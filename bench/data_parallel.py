@@ -13,11 +13,9 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
-from bench.harness import ROOT, bench_config, inputs, machine, median_time, peak_mb, write_report
+from bench.harness import bench_config, in_fresh_process, inputs, machine, median_time, peak_mb, write_report
 
 LAYOUTS = {"1x2": (1, 2), "2x1": (2, 1)}  # processes x threads
 
@@ -53,16 +51,9 @@ def worker(stage: str, *, profile: str, size: int, batch: int, repeats: int) -> 
 def launch(layout: str, stage: str, flags: list[str]) -> dict:
     procs, threads = LAYOUTS[layout]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    module = ["-m", "bench.data_parallel", "--worker", stage, *flags]
-    if procs == 1:
-        cmd = [sys.executable, *module]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", *module]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode or not lines:
-        return {"layout": layout, "stage": stage, "error": proc.stderr.strip().splitlines()[-1:]}
-    return {"layout": layout, **json.loads(lines[-1])}
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"] if procs > 1 else []
+    record = in_fresh_process("bench.data_parallel", [stage, *flags], {"stage": stage}, launcher=launcher, env=env)
+    return {"layout": layout, **record}
 
 
 def main() -> None:
@@ -74,11 +65,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="processes per layout and stage (interleaved)")
     parser.add_argument("--stages", default="pretrain,train")
     parser.add_argument("--out", default="reports/bench/data_parallel.json")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     common = dict(profile=args.profile, size=args.size, batch=args.batch, repeats=args.repeats)
-    if args.worker:
-        worker(args.worker, **common)
+    if args.child:
+        worker(args.child, **common)
         return
     flags = [f"--{k}={v}" for k, v in common.items()]
     records = []

@@ -91,12 +91,14 @@ def autocast(device: str, amp: str):
     return torch.autocast("cuda", dtype=getattr(torch, amp))
 
 
-def in_fresh_process(module: str, child_args: list[str], describe: dict) -> dict:
-    """Run `python -m module --child ...` and read the JSON record on its last stdout line; a failure
-    (out of memory, an exception) becomes a record with `error`, so one configuration cannot stop the rest."""
-    proc = subprocess.run([sys.executable, "-m", module, "--child", *child_args], capture_output=True, text=True,
-                          cwd=ROOT)
-    lines = proc.stdout.strip().splitlines()
+def in_fresh_process(module: str, child_args: list[str], describe: dict, *, launcher: list[str] | None = None,
+                     env: dict | None = None) -> dict:
+    """Run `python [launcher] -m module --child ...` and read the JSON record on its last JSON stdout line; a
+    failure (out of memory, an exception) becomes a record with `error`, so one configuration cannot stop the
+    rest. `launcher`: e.g. `-m torch.distributed.run --nproc_per_node=2`; `env`: the child's environment."""
+    proc = subprocess.run([sys.executable, *(launcher or []), "-m", module, "--child", *child_args],
+                          capture_output=True, text=True, cwd=ROOT, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode or not lines:
         reason = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
         if proc.returncode in (-9, 137):
