@@ -1,5 +1,5 @@
 """Activation checkpointing in the PatchMatch levels: the pretrain step with the size threshold
-(`CHECKPOINT_MIN_ELEMENTS`, checkpoint only large chunks and updates) against checkpointing everything
+(`models/checkpointing.py`, checkpoint only large chunks and updates) against checkpointing everything
 (the previous behaviour), time and peak memory, each in a fresh process. Writes
 reports/bench/checkpointing.json.
 
@@ -19,12 +19,12 @@ from bench.harness import bench_config, in_fresh_process, inputs, machine, media
 def child(policy: str, *, profile: str, size: int, batch: int, repeats: int) -> dict:
     import torch
 
-    from cocosnet.models import patchmatch
+    from cocosnet.models import checkpointing
     from cocosnet.models.cocosnet import CoCosNet
     from cocosnet.train.trainer import CorrespondenceTrainer
 
     if policy == "always":
-        patchmatch.CHECKPOINT_MIN_ELEMENTS = 0
+        checkpointing.CHECKPOINT_MIN_ELEMENTS = 0
     cfg = bench_config(profile)
     torch.manual_seed(0)
     model = CoCosNet.from_config(cfg).train()

@@ -1,5 +1,6 @@
-"""Correspondence benchmark: one PatchMatch + GRU level (k=16, 5 iterations) and dense
-attention, forward and forward+backward time and peak memory against resolution.
+"""Correspondence benchmark: one PatchMatch + GRU level (k=16, 5 iterations), the bare
+`patch_match` from a random start (inference only) and dense attention, forward and
+forward+backward time and peak memory against resolution.
 Each configuration runs in a fresh process (peak RSS on CPU, max allocated on CUDA).
 Writes reports/bench/correspondence.json and reports/bench/correspondence.png.
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -19,6 +21,11 @@ import time
 from pathlib import Path
 
 DENSE_MAX = 128  # dense attention is O((HW)^2): 256^2 needs 16 GiB per matrix
+
+
+def kernels_on() -> bool:
+    """Whether the PatchMatch CPU kernels are enabled (COCOSNET_CPU_KERNELS, models/kernels.py)."""
+    return os.environ.get("COCOSNET_CPU_KERNELS", "1") != "0"
 
 
 def _sync(device: str) -> None:
@@ -32,8 +39,10 @@ def child(kind: str, size: int, repeats: int, device: str, channels: int) -> dic
     import torch
     import torch.nn.functional as F
 
-    from cocosnet.models.patchmatch import PatchMatchGRU, pixel_grid
+    from cocosnet.models.kernels import extension
+    from cocosnet.models.patchmatch import PatchMatchGRU, patch_match, pixel_grid
 
+    extension()  # build or load the CPU kernels before any timing
     torch.manual_seed(0)
     query = F.normalize(torch.randn(1, channels, size, size, device=device), dim=1)
     key = F.normalize(torch.randn(1, channels, size, size, device=device), dim=1)
@@ -45,6 +54,11 @@ def child(kind: str, size: int, repeats: int, device: str, channels: int) -> dic
 
         def forward():
             return level(query, key, colors, init=init, generator=torch.Generator(device).manual_seed(0))[2]
+    elif kind == "search":
+        level = None
+
+        def forward():
+            return patch_match(query, key, generator=torch.Generator(device).manual_seed(0))[1]
     else:
         level = None
 
@@ -68,18 +82,18 @@ def child(kind: str, size: int, repeats: int, device: str, channels: int) -> dic
         q_.grad = None
         return mid - start, end - start
 
+    trains = kind != "search"  # the bare search is inference only
     if device.startswith("cuda"):
-        run(False), run(True)  # warm-up kernels
+        run(False), trains and run(True)  # warm-up kernels
         torch.cuda.reset_peak_memory_stats()
     infer = [run(False)[1] for _ in range(repeats)]
-    train = [run(True) for _ in range(repeats)]
-    result = {
-        "kind": kind, "size": size, "device": device, "repeats": repeats,
-        "forward_s": statistics.median(infer),
-        "forward_backward_s": statistics.median(t for _, t in train),
-        "train_forward_part_s": statistics.median(f for f, _ in train),
-        "runs_forward_s": infer, "runs_forward_backward_s": [t for _, t in train],
-    }
+    result = {"kind": kind, "size": size, "device": device, "repeats": repeats, "cpu_kernels": kernels_on(),
+              "forward_s": statistics.median(infer), "runs_forward_s": infer}
+    if trains:
+        train = [run(True) for _ in range(repeats)]
+        result |= {"forward_backward_s": statistics.median(t for _, t in train),
+                   "train_forward_part_s": statistics.median(f for f, _ in train),
+                   "runs_forward_backward_s": [t for _, t in train]}
     if device.startswith("cuda"):
         result["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -94,15 +108,23 @@ def plot(records: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
-    for (kind, device), style in zip(sorted({(r["kind"], r["device"]) for r in records}), ("o-", "s--", "^-", "d--")):
-        rows = sorted((r for r in records if r["kind"] == kind and r["device"] == device and "error" not in r),
+    def series_of(r: dict) -> tuple:
+        return r["kind"], r["device"], r.get("cpu_kernels", False)
+
+    series = sorted({series_of(r) for r in records})
+    for (kind, device, fused), style in zip(series, ("o-", "s--", "^-", "d--", "v-", "x--", "*-", "+--")):
+        rows = sorted((r for r in records if series_of(r) == (kind, device, fused) and "error" not in r),
                       key=lambda r: r["size"])
+        if fused:
+            device = f"{device}, kernels"
         px = [r["size"] ** 2 for r in rows]
         ax_t.loglog(px, [r["forward_s"] for r in rows], style, label=f"{kind} fwd ({device})")
-        ax_t.loglog(px, [r["forward_backward_s"] for r in rows], style, alpha=0.5, label=f"{kind} fwd+bwd ({device})")
+        if all("forward_backward_s" in r for r in rows):
+            ax_t.loglog(px, [r["forward_backward_s"] for r in rows], style, alpha=0.5,
+                        label=f"{kind} fwd+bwd ({device})")
         ax_m.loglog(px, [r["peak_mb"] for r in rows], style, label=f"{kind} ({device})")
     ax_t.set(xlabel="pixels (H*W)", ylabel="seconds (median)", title="time per level")
-    ax_m.set(xlabel="pixels (H*W)", ylabel="peak MB", title="peak memory (train step)")
+    ax_m.set(xlabel="pixels (H*W)", ylabel="peak MB", title="peak memory (whole run; the search is forward only)")
     for ax in (ax_t, ax_m):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
@@ -124,9 +146,11 @@ def main() -> None:
         return
     out = Path(args.out)
     previous = json.loads(out.read_text()) if out.exists() else {}
-    records = [r for r in previous.get("records", []) if r.get("device") != args.device]
+    # Records of the other device or kernel setting stay, so both paths can be compared in one file.
+    records = [r for r in previous.get("records", [])
+               if (r.get("device"), r.get("cpu_kernels", False)) != (args.device, kernels_on())]
     for size in args.sizes:
-        for kind in ("patchmatch", "dense"):
+        for kind in ("patchmatch", "search", "dense"):
             if kind == "dense" and size > DENSE_MAX:
                 continue
             cmd = [sys.executable, "-m", "bench.correspondence", "--child", kind, str(size),
@@ -139,8 +163,10 @@ def main() -> None:
             print(json.dumps({k: v for k, v in record.items() if not k.startswith("runs")}), flush=True)
             records.append(record)
     result = {
-        "what": "one PatchMatch+GRU level (k=16, 5 iterations, 32-ch features) vs dense attention; batch 1, fp32",
-        "target_512": {"forward_backward_s": 10.0, "peak_mb": 2048.0},
+        "what": "one PatchMatch+GRU level (k=16, 5 iterations, 32-ch features), the bare patch_match from a "
+                "random start (forward only) and dense attention; batch 1, fp32",
+        "target_512": {"patchmatch": {"forward_backward_s": 5.0, "peak_mb": 1024.0},
+                       "search": {"forward_s": 10.0, "peak_mb": 1024.0}},
         "machine": {"processor": platform.processor() or platform.machine(), "python": platform.python_version()},
         "records": records,
     }

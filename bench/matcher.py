@@ -35,7 +35,10 @@ def child(mode: str, size: int, *, profile: str, device: str, batch: int, amp: s
     import torch
 
     from cocosnet.models.cocosnet import CoCosNet
+    from cocosnet.models.kernels import extension
     from cocosnet.train.trainer import CorrespondenceTrainer, sample_generators
+
+    extension()  # build or load the CPU kernels before any timing
 
     cfg = bench_config(profile)
     torch.manual_seed(0)

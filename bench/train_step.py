@@ -103,7 +103,10 @@ def child(size: int, *, profile: str, device: str, batch: int, amp: str, repeats
 
     from cocosnet.losses.vgg import load_vgg19
     from cocosnet.models.cocosnet import CoCosNet, build_discriminator
+    from cocosnet.models.kernels import extension
     from cocosnet.train.trainer import GanTrainer
+
+    extension()  # build or load the CPU kernels before any timing
 
     cfg = bench_config(profile)
     torch.manual_seed(0)

@@ -3,7 +3,8 @@
 Used twice, so the two cannot drift: a test checks that each DVC stage's `deps`
 cover the closure of the module its `cmd` runs, and a training checkpoint
 records the hashes of its loop's closure (a code change means a new run, as it
-does for DVC). Imports inside functions count: they run too.
+does for DVC). Imports inside functions count: they run too. A module's compiled part,
+a `.cpp` file of the same name beside it (models/kernels.cpp), is in the closure with it.
 """
 
 from __future__ import annotations
@@ -59,4 +60,6 @@ def import_closure(module: str, root: Path = REPO, packages: tuple[str, ...] = P
         parts = name.split(".")
         todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
         todo.extend(_imported_names(path, name))
-    return sorted(p.relative_to(root) for p in set(seen.values()))
+    files = set(seen.values())
+    files |= {p.with_suffix(".cpp") for p in files if p.with_suffix(".cpp").is_file()}
+    return sorted(p.relative_to(root) for p in files)

@@ -32,6 +32,11 @@ def test_every_stage_depends_on_every_project_file_it_imports(pipeline):
                 assert (ROOT / dep).exists(), f"dvc.yaml stage {name!r} depends on missing code {dep}"
 
 
+def test_a_modules_compiled_part_is_in_its_closure():
+    closure = [str(p) for p in import_closure("cocosnet.models.patchmatch")]
+    assert "cocosnet/models/kernels.py" in closure and "cocosnet/models/kernels.cpp" in closure
+
+
 def test_the_study_pipeline_writes_only_under_study():
     for name, stage in STUDY.items():
         assert stage["wdir"] == ".."

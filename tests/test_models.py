@@ -153,3 +153,27 @@ def test_blocks_normalise_and_condition():
     seg_a, seg_b = torch.zeros(2, 20, 3, 3), torch.ones(2, 20, 3, 3)
     assert block(x, seg_a).shape == (2, 4, 5, 5)
     assert not torch.allclose(block(x, seg_a), block(x, seg_b))
+
+
+def test_large_spade_calls_are_checkpointed_with_the_same_output_and_gradients(monkeypatch):
+    from cocosnet.models import checkpointing
+
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    results = {}
+    for threshold in (0, 2**62):  # checkpoint every SPADE call, then none
+        monkeypatch.setattr(checkpointing, "CHECKPOINT_MIN_ELEMENTS", threshold)
+        calls.clear()
+        torch.manual_seed(0)
+        block = SPADEResBlock(6, 4, 20, spade_hidden=8)
+        x = torch.randn(2, 6, 9, 9, requires_grad=True)
+        seg = torch.rand(2, 20, 5, 5)
+        out = block(x, seg)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results[threshold] = (len(calls), out.detach(), x.grad, [p.grad for p in block.parameters()])
+    assert results[0][0] == 3 and results[2**62][0] == 0  # norm_0, norm_1, norm_s
+    torch.testing.assert_close(results[0][1], results[2**62][1], rtol=0, atol=0)
+    torch.testing.assert_close(results[0][2], results[2**62][2], rtol=0, atol=1e-7)
+    for a, b in zip(results[0][3], results[2**62][3]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)

@@ -122,14 +122,14 @@ def test_a_few_gru_steps_lower_the_warp_error():
 
 
 def test_checkpointing_below_the_threshold_is_skipped_and_changes_no_gradient(monkeypatch):
-    from cocosnet.models import patchmatch
+    from cocosnet.models import checkpointing
 
     calls = []
     real = torch.utils.checkpoint.checkpoint
     monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
     grads = {}
     for threshold in (0, 2**62):  # checkpoint everything, then nothing
-        monkeypatch.setattr(patchmatch, "CHECKPOINT_MIN_ELEMENTS", threshold)
+        monkeypatch.setattr(checkpointing, "CHECKPOINT_MIN_ELEMENTS", threshold)
         calls.clear()
         query, key, colors, target, init = gru_problem()
         query.requires_grad_(True)

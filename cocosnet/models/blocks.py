@@ -6,6 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import spectral_norm
 
+from cocosnet.models.checkpointing import maybe_checkpoint
+
 
 def positional_norm(x: Tensor, eps: float = 1e-8) -> Tensor:
     """PONO: normalise each pixel over its channels (mean 0, unit std), with the unbiased variance and
@@ -49,8 +51,16 @@ class SPADE(nn.Module):
         self.beta = nn.Conv2d(hidden, norm_nc, 3)
 
     def forward(self, x: Tensor, seg: Tensor) -> Tensor:
-        """x (B, norm_nc, H, W), seg (B, label_nc, h, w) resized to (H, W) by nearest."""
+        """x (B, norm_nc, H, W), seg (B, label_nc, h, w) resized to (H, W) by nearest.
+
+        At full resolution the hidden maps (B, hidden, H, W) are most of what the alignment U-Nets
+        keep for backward, so large calls are checkpointed (models/checkpointing.py); there is no
+        spectral norm or randomness inside, so the recomputation is exact."""
         seg = F.interpolate(seg, size=x.shape[-2:], mode="nearest")
+        kept = seg.shape[0] * self.shared[0].out_channels * seg.shape[-2] * seg.shape[-1] * 3
+        return maybe_checkpoint(self._modulate, x, seg, elements=kept)
+
+    def _modulate(self, x: Tensor, seg: Tensor) -> Tensor:
         act = self.pad(self.shared(self.pad(seg)))
         return positional_norm(x) * (1 + self.gamma(act)) + self.beta(act)
 

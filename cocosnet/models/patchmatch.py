@@ -21,23 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cocosnet.models import kernels
+from cocosnet.models.checkpointing import maybe_checkpoint
 from cocosnet.models.convgru import UpdateBlock
 
 SCORE_CHUNK = 8  # candidates sampled at once: bounds memory to O(B*C*H*W*SCORE_CHUNK)
-# Activation checkpointing (recompute in backward instead of keeping) pays only when the kept
-# tensors are large: below this many elements per chunk or update it is skipped, which saves the
-# recomputation (bench/checkpointing.py: the demo pretrain step, reports/bench/checkpointing.json).
-CHECKPOINT_MIN_ELEMENTS = 2**24
-
-
 UPDATE_CHANNELS_KEPT = 512  # roughly what one UpdateBlock call keeps per pixel for backward
-
-
-def maybe_checkpoint(fn, *args, elements: int):
-    """fn(*args), checkpointed when `elements` (the size of what backward would keep) is large."""
-    if elements >= CHECKPOINT_MIN_ELEMENTS:
-        return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
-    return fn(*args)
 
 
 def sample_at(source: Tensor, coords: Tensor) -> Tensor:
@@ -62,9 +51,13 @@ def candidate_scores(query: Tensor, key: Tensor, coords: Tensor) -> Tensor:
     """Cosine similarity of each query pixel with the key sampled at its candidates.
 
     query (B, C, H, W), key (B, C, Hk, Wk), coords (B, H, W, K, 2) -> (B, H, W, K).
-    Evaluated SCORE_CHUNK candidates at a time; with autograd on, each large chunk is
-    checkpointed, so backward keeps one chunk of samples alive, not all K.
+    On the CPU this is the fused kernel (models/kernels.py), which builds nothing of size
+    (B, C, H, W, K). Elsewhere (or without a compiler) it is `grid_sample`, SCORE_CHUNK candidates
+    at a time; with autograd on, each large chunk is checkpointed, so backward keeps one chunk of
+    samples alive, not all K.
     """
+    if kernels.scores_apply(query, key, coords):
+        return kernels.fused_scores(query, key, coords)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, coords))
     chunks = coords.split(SCORE_CHUNK, dim=3)
     if grad:
@@ -95,7 +88,11 @@ def select_top_k(coords: Tensor, scores: Tensor, k: int, hk: int, wk: int) -> tu
     """Drop duplicate candidates (same half-pixel cell), keep the best k, best first.
 
     coords (B, H, W, N, 2), scores (B, H, W, N) -> (B, H, W, k, 2), (B, H, W, k).
+    On the CPU, one small sort per pixel in the kernel of models/kernels.py (the same result up
+    to the order of ties).
     """
+    if kernels.select_applies(coords, scores):
+        return kernels.select_top_k(coords, scores, k)
     cells = torch.round(coords * 2).long()
     cell_id = cells[..., 1] * (2 * wk + 3) + cells[..., 0]
     order = scores.argsort(dim=-1, descending=True)

@@ -1,0 +1,93 @@
+"""CPU kernels for the PatchMatch search (kernels.cpp beside this file), built on first use.
+
+`fused_scores`: the candidate scores. The `grid_sample` path samples each candidate's C features
+into a (B, C, H, W, K) tensor, then multiplies and sums; the fused kernel reads each candidate's
+4 bilinear corners from a channels-last key and reduces them at once, so nothing of that size is
+built and backward keeps only its inputs. Results equal the `grid_sample` path to float rounding
+(tests/test_kernels.py).
+
+`select_top_k`: the de-duplicated top-k of the candidates, one small sort per pixel instead of
+two sorts, a scatter and a top-k over the whole candidate tensor (equal up to the order of ties).
+
+The kernels are compiled with the machine's C++ compiler through `torch.utils.cpp_extension` the
+first time they are needed (about 30 s) and cached under ~/.cache/torch_extensions (or
+$TORCH_EXTENSIONS_DIR). Set COCOSNET_CPU_KERNELS=0 to use the tensor versions in
+models/patchmatch.py; where the build fails, a warning says why and the tensor versions are used.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).with_suffix(".cpp")  # cocosnet.deps counts it as part of this module
+ENV = "COCOSNET_CPU_KERNELS"
+
+
+@lru_cache(maxsize=1)
+def extension():
+    """The compiled module, or None when disabled or when it cannot be built here."""
+    if os.environ.get(ENV, "1") == "0":
+        return None
+    try:
+        from torch.utils.cpp_extension import load
+
+        return load(name="cocosnet_patchmatch_kernels", sources=[str(SOURCE)], verbose=False,
+                    extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"])
+    except Exception as error:  # no compiler, no headers, a failed build: the slow path still works
+        warnings.warn(f"{SOURCE.name}: the PatchMatch CPU kernels could not be built ({error}); "
+                      f"using the slower tensor versions. Set {ENV}=0 to skip the attempt.", RuntimeWarning,
+                      stacklevel=2)
+        return None
+
+
+def scores_apply(query: Tensor, key: Tensor, coords: Tensor) -> bool:
+    """Whether `fused_scores` handles these inputs (CPU; query and key both float32 or both float64)
+    and is available."""
+    on_cpu = all(t.device.type == "cpu" for t in (query, key, coords))
+    return (on_cpu and query.dtype == key.dtype and query.dtype in (torch.float32, torch.float64)
+            and coords.is_floating_point() and extension() is not None)
+
+
+class _FusedScores(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, query: Tensor, key: Tensor, coords: Tensor) -> Tensor:
+        ctx.save_for_backward(query, key, coords)
+        return extension().scores_forward(query, key, coords)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        query, key, coords = ctx.saved_tensors
+        grad_query, grad_key, grad_coords = extension().scores_backward(grad, query, key, coords)
+        return grad_query, grad_key, grad_coords
+
+
+def fused_scores(query: Tensor, key: Tensor, coords: Tensor) -> Tensor:
+    """query (B, C, H, W), key (B, C, Hk, Wk), coords (B, H, W, K, 2) (x, y) in key pixels -> (B, H, W, K).
+
+    The same as `(sample_at(key, coords) * query[..., None]).sum(1)`, without the sampled tensor.
+    """
+    query_last = query.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C)
+    key_last = key.permute(0, 2, 3, 1).contiguous()  # (B, Hk, Wk, C)
+    return _FusedScores.apply(query_last, key_last, coords.to(query.dtype).contiguous())
+
+
+def select_applies(coords: Tensor, scores: Tensor) -> bool:
+    """Whether `select_top_k` handles these (CPU, one float32/float64 dtype, no autograd) and is available."""
+    return (coords.device.type == "cpu" and scores.device.type == "cpu" and coords.dtype == scores.dtype
+            and coords.dtype in (torch.float32, torch.float64)
+            and not (torch.is_grad_enabled() and (coords.requires_grad or scores.requires_grad))
+            and extension() is not None)
+
+
+def select_top_k(coords: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """coords (B, H, W, N, 2), scores (B, H, W, N) -> the best k with distinct half-pixel cells,
+    best first: (B, H, W, k, 2), (B, H, W, k)."""
+    out_coords, out_scores = extension().select_top_k(coords, scores, k)
+    return out_coords, out_scores

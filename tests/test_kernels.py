@@ -1,0 +1,143 @@
+"""The fused candidate-score kernel against the grid_sample path it replaces on the CPU."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cocosnet.models import kernels, patchmatch
+from cocosnet.models.patchmatch import patch_match, sample_at
+from tests.helpers import coarse_init, planted
+
+
+def slow_scores(query, key, coords):
+    return (sample_at(key, coords) * query.unsqueeze(-1)).sum(1)
+
+
+def inputs(dtype, seed=0, b=2, c=7, h=9, w=11, hk=6, wk=5, k=6):
+    g = torch.Generator().manual_seed(seed)
+    query = F.normalize(torch.randn(b, c, h, w, generator=g, dtype=dtype), dim=1)
+    key = F.normalize(torch.randn(b, c, hk, wk, generator=g, dtype=dtype), dim=1)
+    # Inside, outside, on the border and on integer positions: every case of the bilinear sampling.
+    coords = torch.rand(b, h, w, k, 2, generator=g, dtype=dtype) * torch.tensor([wk + 2, hk + 2], dtype=dtype) - 1
+    coords[0, 0, 0, :5] = torch.tensor([[0, 0], [wk - 1, hk - 1], [2, 3], [wk - 1, 1.5], [0.5, hk - 1]], dtype=dtype)
+    coords[1, 2, 3, :2] = torch.tensor([[-3.0, 2.5], [wk + 4.0, hk + 0.25]], dtype=dtype)
+    return query, key, coords
+
+
+def test_the_kernel_builds_here():
+    assert kernels.extension() is not None, "the C++ kernel must build where a compiler is installed"
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_scores_and_all_gradients_equal_the_grid_sample_path(dtype, tol):
+    query, key, coords = (t.requires_grad_() for t in inputs(dtype))
+    fast, slow = kernels.fused_scores(query, key, coords), slow_scores(query, key, coords)
+    torch.testing.assert_close(fast, slow, atol=tol, rtol=0)
+    weights = torch.randn(fast.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    for got, want, name in zip(torch.autograd.grad((fast * weights).sum(), (query, key, coords)),
+                               torch.autograd.grad((slow * weights).sum(), (query, key, coords)),
+                               ("query", "key", "coords")):
+        torch.testing.assert_close(got, want, atol=tol, rtol=0, msg=lambda m: f"grad {name}: {m}")
+
+
+def test_gradcheck_in_float64():
+    query, key, _ = inputs(torch.float64, seed=3, b=2, c=3, h=3, w=4, hk=4, wk=5)
+    query, key = query[:1], key[:1]
+    g = torch.Generator().manual_seed(3)
+    # Away from the kinks at integers and at the border: cell + a fraction in [0.1, 0.9].
+    cells = torch.randint(0, 3, (1, 3, 4, 3, 2), generator=g).double()
+    coords = cells + 0.1 + 0.8 * torch.rand(cells.shape, generator=g, dtype=torch.float64)
+    args = tuple(t.detach().requires_grad_() for t in (query, key, coords))
+    assert torch.autograd.gradcheck(kernels.fused_scores, args, eps=1e-6, atol=1e-7)
+
+
+def test_candidate_scores_takes_the_kernel_on_cpu_and_its_own_path_without_it(monkeypatch):
+    query, key, coords = inputs(torch.float32, seed=4)
+    calls = []
+    real = kernels.fused_scores
+    monkeypatch.setattr(kernels, "fused_scores", lambda *a: calls.append(1) or real(*a))
+    fast = patchmatch.candidate_scores(query, key, coords)
+    assert calls == [1]
+    monkeypatch.setattr(kernels, "extension", lambda: None)
+    slow = patchmatch.candidate_scores(query, key, coords)
+    assert calls == [1]
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+
+
+def test_disabled_by_the_environment(monkeypatch):
+    monkeypatch.setenv(kernels.ENV, "0")
+    kernels.extension.cache_clear()
+    try:
+        assert kernels.extension() is None
+        assert not kernels.scores_apply(*inputs(torch.float32))
+    finally:
+        monkeypatch.delenv(kernels.ENV)
+        kernels.extension.cache_clear()
+    assert kernels.scores_apply(*inputs(torch.float32))
+
+
+def test_other_dtypes_use_the_grid_sample_path():
+    query, key, coords = inputs(torch.float32)
+    assert not kernels.scores_apply(query.bfloat16(), key.bfloat16(), coords)
+    assert not kernels.scores_apply(query, key.double(), coords)
+    assert kernels.scores_apply(query, key, coords.double())  # coords are cast to the features' dtype
+
+
+def test_bad_shapes_are_refused_with_a_message():
+    query, key, coords = inputs(torch.float32)
+    with pytest.raises(RuntimeError, match="coords must be"):
+        kernels.fused_scores(query, key, coords[:, :4])
+    with pytest.raises(RuntimeError, match="disagree on B or C"):
+        kernels.fused_scores(query, key[:, :3], coords)
+
+
+def test_patch_match_with_the_kernel_finds_what_the_grid_sample_path_finds(monkeypatch):
+    query, key, truth = planted(48, 48, seed=11)
+    fast = patch_match(query, key, init=coarse_init(truth), generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(kernels, "extension", lambda: None)
+    slow = patch_match(query, key, init=coarse_init(truth), generator=torch.Generator().manual_seed(0))
+    # The search is discrete: float rounding may flip a rare near-tie, never the result at large.
+    same = (fast[0][..., 0, :] == slow[0][..., 0, :]).all(-1).float().mean()
+    assert same >= 0.99
+    torch.testing.assert_close(fast[1][..., 0], slow[1][..., 0], atol=1e-3, rtol=0)
+
+
+def tensor_select(monkeypatch, *args):
+    with monkeypatch.context() as m:
+        m.setattr(kernels, "extension", lambda: None)
+        return patchmatch.select_top_k(*args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_select_top_k_equals_the_tensor_version(monkeypatch, dtype):
+    g = torch.Generator().manual_seed(5)
+    # Quarter-pixel positions on a small map: many candidates share a half-pixel cell.
+    coords = torch.randint(0, 24, (2, 5, 7, 30, 2), generator=g).to(dtype) / 4
+    scores = torch.rand(2, 5, 7, 30, generator=g, dtype=dtype)  # distinct: no ties to order
+    assert kernels.select_applies(coords, scores)
+    fast = kernels.select_top_k(coords, scores, 8)
+    slow = tensor_select(monkeypatch, coords, scores, 8, 6, 6)
+    assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
+    cells = torch.round(fast[0] * 2)
+    assert ((cells.unsqueeze(3) == cells.unsqueeze(4)).all(-1).sum((-1, -2)) == 8).all()  # all distinct
+
+
+def test_select_top_k_fills_with_the_best_duplicates_when_cells_run_out():
+    coords = torch.tensor([[0.0, 0.0], [0.1, 0.0], [3.0, 1.0], [0.2, 0.1], [3.1, 1.0]]).view(1, 1, 1, 5, 2)
+    scores = torch.tensor([0.5, 0.9, 0.1, 0.7, 0.3]).view(1, 1, 1, 5)
+    out_coords, out_scores = kernels.select_top_k(coords, scores, 4)
+    assert out_scores.flatten().tolist() == pytest.approx([0.9, 0.3, 0.7, 0.5])
+    assert out_coords[0, 0, 0, :2].flatten().tolist() == pytest.approx([0.1, 0.0, 3.1, 1.0])
+
+
+def test_select_top_k_ranks_nan_last():
+    coords = torch.tensor([[0.0, 0.0], [2.0, 0.0], [4.0, 0.0]]).view(1, 1, 1, 3, 2)
+    scores = torch.tensor([float("nan"), 0.2, 0.4]).view(1, 1, 1, 3)
+    assert kernels.select_top_k(coords, scores, 2)[1].flatten().tolist() == pytest.approx([0.4, 0.2])
+
+
+def test_select_top_k_stays_with_the_tensor_version_under_autograd():
+    coords = torch.rand(1, 2, 2, 5, 2, requires_grad=True)
+    assert not kernels.select_applies(coords, torch.rand(1, 2, 2, 5))
+    with torch.no_grad():
+        assert kernels.select_applies(coords, torch.rand(1, 2, 2, 5))
