@@ -23,9 +23,9 @@ from pathlib import Path
 DENSE_MAX = 128  # dense attention is O((HW)^2): 256^2 needs 16 GiB per matrix
 
 
-def kernels_on() -> bool:
-    """Whether the PatchMatch CPU kernels are enabled (COCOSNET_CPU_KERNELS, models/kernels.py)."""
-    return os.environ.get("COCOSNET_CPU_KERNELS", "1") != "0"
+def kernels_on(device: str) -> bool:
+    """Whether the PatchMatch CPU kernels apply (on the CPU, unless COCOSNET_CPU_KERNELS=0; models/kernels.py)."""
+    return device == "cpu" and os.environ.get("COCOSNET_CPU_KERNELS", "1") != "0"
 
 
 def _sync(device: str) -> None:
@@ -84,10 +84,12 @@ def child(kind: str, size: int, repeats: int, device: str, channels: int) -> dic
 
     trains = kind != "search"  # the bare search is inference only
     if device.startswith("cuda"):
-        run(False), trains and run(True)  # warm-up kernels
+        run(False)  # warm-up kernels
+        if trains:
+            run(True)
         torch.cuda.reset_peak_memory_stats()
     infer = [run(False)[1] for _ in range(repeats)]
-    result = {"kind": kind, "size": size, "device": device, "repeats": repeats, "cpu_kernels": kernels_on(),
+    result = {"kind": kind, "size": size, "device": device, "repeats": repeats, "cpu_kernels": kernels_on(device),
               "forward_s": statistics.median(infer), "runs_forward_s": infer}
     if trains:
         train = [run(True) for _ in range(repeats)]
@@ -108,6 +110,7 @@ def plot(records: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
+
     def series_of(r: dict) -> tuple:
         return r["kind"], r["device"], r.get("cpu_kernels", False)
 
@@ -148,7 +151,7 @@ def main() -> None:
     previous = json.loads(out.read_text()) if out.exists() else {}
     # Records of the other device or kernel setting stay, so both paths can be compared in one file.
     records = [r for r in previous.get("records", [])
-               if (r.get("device"), r.get("cpu_kernels", False)) != (args.device, kernels_on())]
+               if (r.get("device"), r.get("cpu_kernels", False)) != (args.device, kernels_on(args.device))]
     for size in args.sizes:
         for kind in ("patchmatch", "search", "dense"):
             if kind == "dense" and size > DENSE_MAX:
