@@ -177,3 +177,27 @@ def test_large_spade_calls_are_checkpointed_with_the_same_output_and_gradients(m
     torch.testing.assert_close(results[0][2], results[2**62][2], rtol=0, atol=1e-7)
     for a, b in zip(results[0][3], results[2**62][3]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_large_residual_blocks_are_checkpointed_with_the_same_output_and_gradients(monkeypatch):
+    from cocosnet.models import checkpointing
+    from cocosnet.models.blocks import ResidualBlock
+
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    results = {}
+    for threshold in (0, 2**62):
+        monkeypatch.setattr(checkpointing, "CHECKPOINT_MIN_ELEMENTS", threshold)
+        calls.clear()
+        torch.manual_seed(0)
+        block = ResidualBlock(5)
+        x = torch.randn(2, 5, 7, 7, requires_grad=True)
+        out = block(x)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results[threshold] = (len(calls), out.detach(), x.grad, [p.grad for p in block.parameters()])
+    assert results[0][0] == 1 and results[2**62][0] == 0
+    torch.testing.assert_close(results[0][1], results[2**62][1], rtol=0, atol=0)
+    torch.testing.assert_close(results[0][2], results[2**62][2], rtol=0, atol=1e-6)
+    for a, b in zip(results[0][3], results[2**62][3]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)

@@ -94,6 +94,9 @@ class SPADEResBlock(nn.Module):
         return shortcut + dx
 
 
+RESIDUAL_MAPS_KEPT = 8  # input-sized maps a ResidualBlock keeps for backward (pads, convs, norms, PReLUs)
+
+
 class ResidualBlock(nn.Module):
     """Reflection pad, 3x3 conv, IN, PReLU, 3x3 conv, IN, add, PReLU (one shared slope).
 
@@ -108,6 +111,13 @@ class ResidualBlock(nn.Module):
         self.act = nn.PReLU()
 
     def forward(self, x: Tensor) -> Tensor:
+        """x (B, C, H, W) -> the same shape. Large calls (the full-resolution encoder block of the
+        official widths) are checkpointed; no spectral norm, running statistics or randomness inside,
+        so the recomputation is exact."""
+        kept = x.numel() * RESIDUAL_MAPS_KEPT
+        return maybe_checkpoint(self._residual, x, elements=kept)
+
+    def _residual(self, x: Tensor) -> Tensor:
         return self.act(x + self.body(x))
 
 
