@@ -24,8 +24,10 @@ DENSE_MAX = 128  # dense attention is O((HW)^2): 256^2 needs 16 GiB per matrix
 
 
 def kernels_on(device: str) -> bool:
-    """Whether the PatchMatch CPU kernels apply (on the CPU, unless COCOSNET_CPU_KERNELS=0; models/kernels.py)."""
-    return device == "cpu" and os.environ.get("COCOSNET_CPU_KERNELS", "1") != "0"
+    """Whether the PatchMatch CPU kernels apply: on the CPU, unless switched off (models/kernels.py)."""
+    from cocosnet.models.kernels import ENV
+
+    return device == "cpu" and os.environ.get(ENV, "1") != "0"
 
 
 def _sync(device: str) -> None:
