@@ -26,6 +26,7 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m cocosnet.models.kernels
 	touch $(STAMP)
 
 pipeline: $(STAMP)

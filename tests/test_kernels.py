@@ -141,3 +141,22 @@ def test_select_top_k_stays_with_the_tensor_version_under_autograd():
     assert not kernels.select_applies(coords, torch.rand(1, 2, 2, 5))
     with torch.no_grad():
         assert kernels.select_applies(coords, torch.rand(1, 2, 2, 5))
+
+
+def test_the_build_finds_the_interpreters_ninja_first_and_leaves_path_alone(monkeypatch):
+    import os
+    import sys
+    from pathlib import Path
+
+    import torch.utils.cpp_extension
+
+    seen = []
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda **_: seen.append(os.environ["PATH"]) or "built")
+    monkeypatch.setenv("PATH", "/somewhere/else")
+    kernels.extension.cache_clear()
+    try:
+        assert kernels.extension() == "built"
+    finally:
+        kernels.extension.cache_clear()
+    assert seen == [os.pathsep.join([str(Path(sys.executable).parent), "/somewhere/else"])]
+    assert os.environ["PATH"] == "/somewhere/else"

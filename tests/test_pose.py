@@ -68,6 +68,18 @@ def test_label_is_bit_exact_with_the_official_construction(seed):
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("ends", [
+    ((-500.0, 300.0), (-300.0, 420.0)),   # the whole limb off the canvas: its distance map is all 255
+    ((-40.0, 10.0), (60.0, -30.0)),       # across a corner: the blend region is clipped to the canvas
+    ((1000.0, 1030.0), (1090.0, 900.0)),  # across the far corner
+    ((512.0, 512.0), (512.0, 512.0)),     # a zero-length limb
+])
+def test_limbs_off_and_across_the_border_are_bit_exact(ends):
+    kp = random_pose(np.random.default_rng(7), missing=0.0)
+    kp[1], kp[2] = ends  # limb 0 (neck - right shoulder)
+    np.testing.assert_array_equal(render_pose_label(kp), official_label(*to_official(kp)))
+
+
 def horizontal_limb_pose():
     kp = np.full((18, 2), np.nan)
     kp[1] = (400.0, 500.0)  # neck

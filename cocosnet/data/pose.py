@@ -171,16 +171,23 @@ def _render_planes(keypoints: np.ndarray, canvas_size: int) -> tuple[np.ndarray,
         angle = math.degrees(math.atan2(y0 - y1, x0 - x1))
         polygon = cv2.ellipse2Poly((int((x0 + x1) / 2), int((y0 + y1) / 2)),
                                    (int(length / 2), radius), int(angle), 0, 360, 1)
-        limb_canvas = canvas.copy()
-        cv2.fillConvexPoly(limb_canvas, polygon, COLORS[limb])
-        canvas = cv2.addWeighted(canvas, 0.4, limb_canvas, 0.6, 0)
         inverted[:] = 255
         cv2.fillConvexPoly(inverted, polygon, 0)
+        if cv2.countNonZero(inverted) == inverted.size:
+            continue  # the limb lies off the canvas: distances ~3.4e38, clipped to 255
+        # Blend only around the limb: outside it the official whole-canvas blend maps c to
+        # round(0.4 c + 0.6 c) = c, and the limb's pixels are the ones the mask holds.
+        x, y, w, h = cv2.boundingRect(polygon)
+        rows = slice(max(y - 1, 0), min(y + h + 1, canvas_size))
+        cols = slice(max(x - 1, 0), min(x + w + 1, canvas_size))
+        limb_canvas = canvas[rows, cols].copy()
+        limb_canvas[inverted[rows, cols] == 0] = COLORS[limb]
+        canvas[rows, cols] = cv2.addWeighted(canvas[rows, cols], 0.4, limb_canvas, 0.6, 0)
         dist = cv2.distanceTransform(inverted, cv2.DIST_L1, 3)
-        # The L1 transform is integer-valued (or ~3.4e38 when the limb lies
-        # off the canvas), so the official clip(dist / 3).astype(uint8) equals
-        # min(dist, 765) // 3 in integers, which is cheaper.
-        np.floor_divide(np.minimum(dist, 765.0).astype(np.uint16), 3, out=dist_maps[limb], casting="unsafe")
+        # The L1 transform is integer-valued (at most 2046 here), so the official
+        # clip(dist / 3).astype(uint8) is floor(min(dist, 765) / 3) = round(|dist / 3 - 1/3|),
+        # saturated: one OpenCV pass.
+        cv2.convertScaleAbs(dist, dst=dist_maps[limb], alpha=1 / 3, beta=-1 / 3)
     return canvas[..., ::-1], dist_maps  # BGR -> RGB
 
 

@@ -11,10 +11,12 @@ from cocosnet.models.checkpointing import maybe_checkpoint
 
 def positional_norm(x: Tensor, eps: float = 1e-8) -> Tensor:
     """PONO: normalise each pixel over its channels (mean 0, unit std), with the unbiased variance and
-    eps 1e-8 as the official code (which the official weights need)."""
-    mean = x.mean(dim=1, keepdim=True)
-    std = (x.var(dim=1, keepdim=True, unbiased=True) + eps).sqrt()
-    return (x - mean) / std
+    eps 1e-8 as the official code (which the official weights need). The variance is written out
+    rather than `var(dim=1)`, whose reduction across the channel stride is about 2x slower on CPU
+    (equal to float rounding)."""
+    centred = x - x.mean(dim=1, keepdim=True)
+    var = centred.square().sum(dim=1, keepdim=True) / (x.shape[1] - 1)
+    return centred / (var + eps).sqrt()
 
 
 class PositionalNorm(nn.Module):

@@ -10,7 +10,8 @@ built and backward keeps only its inputs. Results equal the `grid_sample` path t
 two sorts, a scatter and a top-k over the whole candidate tensor (equal up to the order of ties).
 
 The kernels are compiled with the machine's C++ compiler through `torch.utils.cpp_extension` the
-first time they are needed (about 30 s) and cached under ~/.cache/torch_extensions (or
+first time they are needed (about 30 s; `make` does it at install with `python -m
+cocosnet.models.kernels`) and cached under ~/.cache/torch_extensions (or
 $TORCH_EXTENSIONS_DIR). Set COCOSNET_CPU_KERNELS=0 to use the tensor versions in
 models/patchmatch.py; where the build fails, a warning says why and the tensor versions are used.
 """
@@ -18,7 +19,10 @@ models/patchmatch.py; where the build fails, a warning says why and the tensor v
 from __future__ import annotations
 
 import os
+import sys
+import time
 import warnings
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -37,13 +41,28 @@ def extension():
     try:
         from torch.utils.cpp_extension import load
 
-        return load(name="cocosnet_patchmatch_kernels", sources=[str(SOURCE)], verbose=False,
-                    extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"])
+        with _pinned_ninja_first():
+            return load(name="cocosnet_patchmatch_kernels", sources=[str(SOURCE)], verbose=False,
+                        extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"])
     except Exception as error:  # no compiler, no headers, a failed build: the slow path still works
         warnings.warn(f"{SOURCE.name}: the PatchMatch CPU kernels could not be built ({error}); "
                       f"using the slower tensor versions. Set {ENV}=0 to skip the attempt.", RuntimeWarning,
                       stacklevel=2)
         return None
+
+
+@contextmanager
+def _pinned_ninja_first():
+    """PATH with this interpreter's bin folder (the venv's pinned ninja) first, for the build only.
+
+    Two ninja versions read each other's build log as stale, so a process started by `make` (venv
+    ninja) and one started directly (say /usr/bin/ninja) would each rebuild the kernels (30 s)."""
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path])
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = path
 
 
 def scores_apply(query: Tensor, key: Tensor, coords: Tensor) -> bool:
@@ -91,3 +110,14 @@ def select_top_k(coords: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor
     best first: (B, H, W, k, 2), (B, H, W, k)."""
     out_coords, out_scores = extension().select_top_k(coords, scores, k)
     return out_coords, out_scores
+
+
+def main() -> None:
+    """Build (or load) the kernels now rather than in the first stage that needs them."""
+    start = time.perf_counter()
+    state = "ready" if extension() is not None else "not available; the tensor versions will be used"
+    print(f"{SOURCE.name}: {state} ({time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
