@@ -75,7 +75,8 @@ def run(ref: str, folder: Path, keep: bool) -> dict:
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(folder)], check=True)
     subprocess.run(["git", "checkout", "--quiet", commit], cwd=folder, check=True)
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "VIRTUAL_ENV")}
-    env["TORCH_EXTENSIONS_DIR"] = str(folder / ".torch_extensions")
+    extensions = folder.with_name(folder.name + "-torch-extensions")  # outside the clone, so git status stays clean
+    env["TORCH_EXTENSIONS_DIR"] = str(extensions)
     try:
         install_s, _, _ = timed_make("venv", folder, env)
         pipeline_s, stages, _ = timed_make("pipeline", folder, env)
@@ -93,6 +94,7 @@ def run(ref: str, folder: Path, keep: bool) -> dict:
     finally:
         if not keep:
             shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(extensions, ignore_errors=True)
 
 
 def main() -> None:

@@ -179,6 +179,32 @@ def test_large_spade_calls_are_checkpointed_with_the_same_output_and_gradients(m
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("size", [(10, 9), (12, 7)])
+def test_large_spade_calls_without_autograd_run_in_row_tiles_with_the_same_output(monkeypatch, size):
+    from cocosnet.models import blocks, checkpointing
+
+    torch.manual_seed(0)
+    block = SPADEResBlock(6, 4, 20, spade_hidden=8).eval()  # eval: no power iteration between the calls
+    x, seg = torch.randn(2, 6, *size), torch.rand(2, 20, 5, 5)
+    tile_rows = []
+    real = blocks.SPADE._modulate_tiled
+
+    def spy(self, x, seg, rows: int):
+        tile_rows.append(rows)
+        return real(self, x, seg, rows=rows)
+
+    monkeypatch.setattr(blocks.SPADE, "_modulate_tiled", spy)
+
+    with torch.no_grad():
+        whole = block(x, seg)
+        assert tile_rows == []
+        monkeypatch.setattr(checkpointing, "CHECKPOINT_MIN_ELEMENTS", 0)
+        monkeypatch.setattr(blocks, "SPADE_TILE_ELEMENTS", 3 * 2 * 8 * size[1])  # 3 rows of (B, hidden, W)
+        tiled = block(x, seg)
+    assert tile_rows == [3, 3, 3]  # norm_s, norm_0, norm_1; the last tile of 10 rows has 1 row
+    torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-6)
+
+
 def test_large_residual_blocks_are_checkpointed_with_the_same_output_and_gradients(monkeypatch):
     from cocosnet.models import checkpointing
     from cocosnet.models.blocks import ResidualBlock

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import spectral_norm
 
+from cocosnet.models import checkpointing
 from cocosnet.models.checkpointing import maybe_checkpoint
+
+SPADE_TILE_ELEMENTS = 2**22  # hidden-map elements per row tile of an inference SPADE
 
 
 def positional_norm(x: Tensor, eps: float = 1e-8) -> Tensor:
@@ -57,14 +61,37 @@ class SPADE(nn.Module):
 
         At full resolution the hidden maps (B, hidden, H, W) are most of what the alignment U-Nets
         keep for backward, so large calls are checkpointed (models/checkpointing.py); there is no
-        spectral norm or randomness inside, so the recomputation is exact."""
+        spectral norm or randomness inside, so the recomputation is exact. Without autograd, large
+        calls run in row tiles (`_modulate_tiled`), so no full-size hidden map exists at all."""
         seg = F.interpolate(seg, size=x.shape[-2:], mode="nearest")
-        kept = seg.shape[0] * self.shared[0].out_channels * seg.shape[-2] * seg.shape[-1] * 3
-        return maybe_checkpoint(self._modulate, x, seg, elements=kept)
+        hidden = seg.shape[0] * self.shared[0].out_channels * seg.shape[-2] * seg.shape[-1]
+        large = hidden * 3 >= checkpointing.CHECKPOINT_MIN_ELEMENTS and min(x.shape[-2:]) > 1
+        if large and not torch.is_grad_enabled():
+            return self._modulate_tiled(x, seg, rows=max(2, SPADE_TILE_ELEMENTS * seg.shape[-2] // hidden))
+        return maybe_checkpoint(self._modulate, x, seg, elements=hidden * 3)
 
     def _modulate(self, x: Tensor, seg: Tensor) -> Tensor:
         act = self.pad(self.shared(self.pad(seg)))
         return positional_norm(x) * (1 + self.gamma(act)) + self.beta(act)
+
+    def _modulate_tiled(self, x: Tensor, seg: Tensor, rows: int) -> Tensor:
+        """`_modulate` `rows` output rows at a time (rows >= 2, maps of at least 2 x 2): each tile computes
+        the hidden rows it reads, one beyond each side, and reflects them at the map's top and bottom
+        as the whole-map padding does. Equal to `_modulate` up to float rounding."""
+        height = x.shape[-2]
+        seg = self.pad(seg)  # (B, L, H + 2, W + 2)
+        out = positional_norm(x)
+        for top in range(0, height, rows):
+            bottom = min(top + rows, height)
+            first, last = max(top - 1, 0), min(bottom + 1, height)  # hidden rows this tile reads
+            act = F.pad(self.shared(seg[:, :, first:last + 2]), (1, 1, 0, 0), mode="reflect")
+            if top == 0:
+                act = torch.cat([act[:, :, 1:2], act], dim=2)
+            if bottom == height:
+                act = torch.cat([act, act[:, :, -2:-1]], dim=2)
+            tile = out[:, :, top:bottom]  # (B, C, rows, W), a view: modulated in place
+            tile.mul_(1 + self.gamma(act)).add_(self.beta(act))
+        return out
 
 
 def _sn_conv(fin: int, fout: int, kernel: int, *, bias: bool = True) -> nn.Sequential:
