@@ -137,6 +137,34 @@ def test_dense_level_matches_identical_features_to_themselves():
     assert cycle.shape == colors.shape and (scores[..., 0] >= scores[..., 1]).all()
 
 
+def test_a_large_dense_level_without_autograd_is_matched_in_chunks_with_the_same_result(monkeypatch):
+    from cocosnet.models import correspondence
+
+    g = torch.Generator().manual_seed(2)
+    query = torch.nn.functional.normalize(torch.randn(2, 8, 7, 5, generator=g), dim=1)
+    key = torch.nn.functional.normalize(torch.randn(2, 8, 6, 4, generator=g), dim=1)
+    colors = torch.rand(2, 3, 6, 4, generator=g)
+    chunks = []
+    real = correspondence._dense_match_chunked
+
+    def spy(*args, **kwargs):
+        chunks.append(kwargs["rows"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(correspondence, "_dense_match_chunked", spy)
+    with torch.no_grad():
+        whole = dense_match(query, key, colors, temperature=0.01, k=4, cycle=False)
+        monkeypatch.setattr(correspondence, "DENSE_CHUNK_ELEMENTS", 2 * 24 * 6)  # 6 query pixels a chunk
+        chunked = dense_match(query, key, colors, temperature=0.01, k=4, cycle=False)
+        assert dense_match(query, key, colors, temperature=0.01, k=4, cycle=True)[1] is not None
+    dense_match(query, key, colors, temperature=0.01, k=4, cycle=False)  # with autograd: whole
+    assert chunks == [6]  # only without autograd and without the cycle
+    assert chunked[1] is None
+    torch.testing.assert_close(chunked[0], whole[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(chunked[2], whole[2], rtol=0, atol=0)
+    torch.testing.assert_close(chunked[3], whole[3], rtol=0, atol=1e-6)
+
+
 def test_candidates_are_handed_to_the_finer_level():
     coords = torch.tensor([[[[[1.0, 2.0], [0.0, 0.0]]]]])  # (1, 1, 1, 2, 2): one coarse pixel, k = 2
     fine = upsample_candidates(coords, (2, 2), (8, 8), (4, 4))

@@ -142,3 +142,22 @@ def test_checkpointing_below_the_threshold_is_skipped_and_changes_no_gradient(mo
     torch.testing.assert_close(grads[0][1], grads[2**62][1], rtol=0, atol=1e-7)
     for a, b in zip(grads[0][2], grads[2**62][2]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("gru,iters", [(True, 3), (False, 3), (True, 0)])
+def test_the_returned_scores_are_those_of_the_returned_positions_with_and_without_autograd(gru, iters):
+    from cocosnet.models.patchmatch import candidate_scores
+
+    query, key, truth = planted(16, 16, seed=3)
+    query.requires_grad_(True)
+    torch.manual_seed(0)
+    level = PatchMatchGRU(query.shape[1], num_candidates=4, iters=iters, gru=gru).eval()
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            coords, scores, _ = level(query, key, key[:, :3], init=coarse_init(truth),
+                                      generator=torch.Generator().manual_seed(1))
+            bare, bare_scores = patch_match(query, key, k=4, iters=iters, generator=torch.Generator().manual_seed(1))
+        assert scores.requires_grad == grad and bare_scores.requires_grad == grad
+        with torch.no_grad():
+            torch.testing.assert_close(scores, candidate_scores(query, key, coords), rtol=0, atol=1e-6)
+            torch.testing.assert_close(bare_scores, candidate_scores(query, key, bare), rtol=0, atol=1e-6)

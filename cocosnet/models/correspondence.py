@@ -29,6 +29,9 @@ class CorrespondenceOutput:
     extra_warps: list[Tensor] | None = None  # per level: the `extra` maps warped like the colours
 
 
+DENSE_CHUNK_ELEMENTS = 2**26  # similarities per query chunk without autograd (256 MB of float32)
+
+
 def dense_match(query: Tensor, key: Tensor, key_colors: Tensor, *, temperature: float, k: int,
                 cycle: bool) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
     """Full matching at the coarsest level.
@@ -36,9 +39,17 @@ def dense_match(query: Tensor, key: Tensor, key_colors: Tensor, *, temperature: 
     query, key (B, C, h, w) normalised; key_colors (B, c, h, w). Returns the
     softmax warp (B, c, h, w), the cycle warp (or None), and the top-k exemplar
     positions (B, h, w, k, 2) with their similarities (B, h, w, k).
+
+    Without autograd and without the cycle, each query pixel's row of similarities stands alone, so
+    a large matrix (the official network at 1024^2 matches 128^2 against 128^2: 1 GB, and as much
+    again for its softmax) is built DENSE_CHUNK_ELEMENTS at a time; equal up to float rounding.
     """
     b, _, h, w = query.shape
     hk, wk = key.shape[-2:]
+    rows = max(1, DENSE_CHUNK_ELEMENTS // (b * hk * wk))
+    if not cycle and not torch.is_grad_enabled() and rows < h * w:
+        warp, coords, scores = _dense_match_chunked(query, key, key_colors, temperature=temperature, k=k, rows=rows)
+        return warp, None, coords, scores
     c = key_colors.shape[1]
     sim = query.flatten(2).transpose(1, 2) @ key.flatten(2)  # (B, hw, hk*wk)
     attn = torch.softmax(sim / temperature, dim=-1)
@@ -50,6 +61,27 @@ def dense_match(query: Tensor, key: Tensor, key_colors: Tensor, *, temperature: 
     scores, index = sim.topk(min(k, sim.shape[-1]), dim=-1)  # (B, hw, k)
     coords = torch.stack([index % wk, index // wk], dim=-1).to(query.dtype)
     return warp, cycle_warp, coords.view(b, h, w, -1, 2), scores.view(b, h, w, -1)
+
+
+def _dense_match_chunked(query: Tensor, key: Tensor, key_colors: Tensor, *, temperature: float, k: int,
+                         rows: int) -> tuple[Tensor, Tensor, Tensor]:
+    """`dense_match` without the cycle, `rows` query pixels at a time: warp, coords, scores."""
+    b, _, h, w = query.shape
+    wk = key.shape[-1]
+    c = key_colors.shape[1]
+    keys = key.flatten(2)  # (B, C, hk*wk)
+    colors = key_colors.flatten(2).transpose(1, 2)  # (B, hk*wk, c)
+    warps, scores, index = [], [], []
+    for chunk in query.flatten(2).transpose(1, 2).split(rows, dim=1):  # (B, rows, C)
+        sim = chunk @ keys  # (B, rows, hk*wk)
+        top = sim.topk(min(k, sim.shape[-1]), dim=-1)
+        scores.append(top.values)
+        index.append(top.indices)
+        warps.append(torch.softmax(sim.div_(temperature), dim=-1) @ colors)  # (B, rows, c)
+    warp = torch.cat(warps, dim=1).transpose(1, 2).reshape(b, c, h, w)
+    index = torch.cat(index, dim=1)
+    coords = torch.stack([index % wk, index // wk], dim=-1).to(query.dtype)
+    return warp, coords.view(b, h, w, -1, 2), torch.cat(scores, dim=1).view(b, h, w, -1)
 
 
 def upsample_candidates(coords: Tensor, size: tuple[int, int], key_size: tuple[int, int],

@@ -187,7 +187,8 @@ def patch_match(query: Tensor, key: Tensor, *, k: int = 16, iters: int = 5, init
     coords, scores, radius = initial_candidates(query, key, k, init, generator)
     for it in range(iters):
         coords, scores = search_step(query, key, coords, scores, radius=radius * 0.5 ** it, generator=generator)
-    scores = candidate_scores(query, key, coords)
+    if torch.is_grad_enabled():  # the search's scores are current but carry no gradient
+        scores = candidate_scores(query, key, coords)
     scores, order = scores.sort(dim=-1, descending=True)
     return coords.gather(-2, order.unsqueeze(-1).expand(*order.shape, 2)), scores
 
@@ -275,9 +276,11 @@ class PatchMatchGRU(nn.Module):
                 continue
             hidden, delta, bias = self._update(hidden, scores, searched - grid)
             coords = clamp_coords(searched + delta, hk, wk)
-            with torch.no_grad():
-                scores = candidate_scores(query, key, coords)
-        scores = candidate_scores(query, key, coords)
+            if it < self.iters - 1:  # the last positions are scored once, below
+                with torch.no_grad():
+                    scores = candidate_scores(query, key, coords)
+        if (self.gru and self.iters > 0) or torch.is_grad_enabled():  # else the search's scores are current
+            scores = candidate_scores(query, key, coords)
         if self.rerank:
             scores = scores + bias  # the last update's bias, in the order of its candidates
         scores, order = scores.sort(dim=-1, descending=True)
