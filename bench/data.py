@@ -45,16 +45,17 @@ def _render_chunk(poses: list[np.ndarray], render=render_pose_label) -> int:
     return len(poses)
 
 
-def _pose_module_at(ref: str, folder: Path):
+def _pose_module_at(ref: str):
     """cocosnet/data/pose.py as it was at git revision `ref`, imported under another name."""
     root = Path(__file__).resolve().parents[1]
     source = subprocess.run(["git", "show", f"{ref}:cocosnet/data/pose.py"], cwd=root, capture_output=True,
                             text=True, check=True).stdout
-    path = folder / "pose_at_ref.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("pose_at_ref", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "pose_at_ref.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location("pose_at_ref", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     return module
 
 
@@ -91,8 +92,7 @@ def main() -> None:
             "synthetic_images_per_s_demo_204x300_1core": [],
             f"synthetic_images_per_s_demo_204x300_{cores}cores": [],
             "synthetic_images_per_s_750x1101_1core": []}
-    tmp = tempfile.TemporaryDirectory()
-    before = _pose_module_at(args.against, Path(tmp.name)) if args.against else None
+    before = _pose_module_at(args.against) if args.against else None
     if before is not None:
         runs[f"labels_per_s_1core_at_{args.against}"] = []
     for _ in range(args.repeats):
@@ -115,7 +115,6 @@ def main() -> None:
     if before is not None:
         result["median"][f"labels_speedup_vs_{args.against}"] = round(
             result["median"]["labels_per_s_1core"] / result["median"][f"labels_per_s_1core_at_{args.against}"], 2)
-    tmp.cleanup()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

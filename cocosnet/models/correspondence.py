@@ -59,8 +59,13 @@ def dense_match(query: Tensor, key: Tensor, key_colors: Tensor, *, temperature: 
         back = torch.softmax(sim / temperature, dim=1).transpose(1, 2)  # (B, hk*wk, hw)
         cycle_warp = (back @ warp.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, c, hk, wk)
     scores, index = sim.topk(min(k, sim.shape[-1]), dim=-1)  # (B, hw, k)
-    coords = torch.stack([index % wk, index // wk], dim=-1).to(query.dtype)
-    return warp, cycle_warp, coords.view(b, h, w, -1, 2), scores.view(b, h, w, -1)
+    return warp, cycle_warp, _positions(index, wk, query), scores.view(b, h, w, -1)
+
+
+def _positions(index: Tensor, wk: int, query: Tensor) -> Tensor:
+    """Flat key indices (B, hw, k) -> (x, y) positions (B, h, w, k, 2) in the query's dtype."""
+    b, _, h, w = query.shape
+    return torch.stack([index % wk, index // wk], dim=-1).to(query.dtype).view(b, h, w, -1, 2)
 
 
 def _dense_match_chunked(query: Tensor, key: Tensor, key_colors: Tensor, *, temperature: float, k: int,
@@ -79,9 +84,7 @@ def _dense_match_chunked(query: Tensor, key: Tensor, key_colors: Tensor, *, temp
         index.append(top.indices)
         warps.append(torch.softmax(sim.div_(temperature), dim=-1) @ colors)  # (B, rows, c)
     warp = torch.cat(warps, dim=1).transpose(1, 2).reshape(b, c, h, w)
-    index = torch.cat(index, dim=1)
-    coords = torch.stack([index % wk, index // wk], dim=-1).to(query.dtype)
-    return warp, coords.view(b, h, w, -1, 2), torch.cat(scores, dim=1).view(b, h, w, -1)
+    return warp, _positions(torch.cat(index, dim=1), wk, query), torch.cat(scores, dim=1).view(b, h, w, -1)
 
 
 def upsample_candidates(coords: Tensor, size: tuple[int, int], key_size: tuple[int, int],
