@@ -103,7 +103,7 @@ def in_fresh_process(module: str, child_args: list[str], describe: dict, *, laun
         reason = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
         if proc.returncode in (-9, 137):
             reason = ["killed (out of memory?)"]
-        return {**describe, "error": reason[0][:300]}
+        return {**describe, "error": reason[0][:300], "stderr_tail": proc.stderr.strip().splitlines()[-12:]}
     return json.loads(lines[-1])
 
 

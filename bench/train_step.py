@@ -3,7 +3,7 @@ with a per-part breakdown, each size in a fresh process. Writes reports/bench/tr
 (records of other devices/profiles/batches in the file are kept).
 
     python -m bench.train_step [--profile paper] [--sizes 256 512] [--device cpu] [--batch 1]
-                               [--amp off|bfloat16] [--repeats 1] [--warmup 1]
+                               [--amp off|bfloat16] [--repeats 1] [--warmup 1] [--top-ops N]
 
 The parts are timed one at a time on the same inputs, each forward + backward:
   matcher        both alignment U-Nets and the correspondence, on the warp/alignment/cycle terms;
@@ -11,7 +11,9 @@ The parts are timed one at a time on the same inputs, each forward + backward:
   vgg            VGG19 on fake, real and exemplar with the fm, perceptual and contextual terms;
   discriminator  D on the fake for G's GAN terms, plus the D step on fake and real.
 `other_s` is the full step less the parts: the optimisers, the EMA, gradient clipping, the
-loss bookkeeping.
+loss bookkeeping. `--top-ops N` profiles one more full step (torch.profiler) and records, as `profile`,
+the N ops with the most self time on the device (CPU time on a CPU) and, on CUDA, the N kernels
+with the most time and the device's busy time against the wall time.
 """
 
 from __future__ import annotations
@@ -98,7 +100,48 @@ def _parts(trainer, b: dict, device: str, amp: str) -> dict:
     return {"matcher": matcher, "generator": generator, "vgg": vgg_part, "discriminator": discriminator}
 
 
-def child(size: int, *, profile: str, device: str, batch: int, amp: str, repeats: int, warmup: int) -> dict:
+def top_ops(step, device: str, n: int) -> dict:
+    """One call of `step` under torch.profiler: the n ops (aten level) with the most self time on the
+    device, and on CUDA also the n kernels with the most time and the device's busy time against the
+    wall time (busy well under wall means the step waits on the host: launch-bound)."""
+    import time
+
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+
+    def self_us(event) -> float:
+        if not cuda:
+            return event.self_cpu_time_total
+        return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
+
+    def table(events) -> list[dict]:
+        events = sorted(events, key=self_us, reverse=True)
+        total = sum(self_us(e) for e in events) or 1.0
+        return [{"name": e.key, "calls": e.count, "self_ms": round(self_us(e) / 1e3, 3),
+                 "share": round(self_us(e) / total, 4)} for e in events[:n]]
+
+    averages = prof.key_averages()
+    host = [e for e in averages if e.device_type == DeviceType.CPU]
+    result = {"wall_ms": round(wall * 1e3, 1), "ops": table(host)}
+    if cuda:
+        kernels = [e for e in averages if e.device_type == DeviceType.CUDA]
+        result["kernels"] = table(kernels)
+        result["device_busy_ms"] = round(sum(self_us(e) for e in kernels) / 1e3, 1)
+    return result
+
+
+def child(size: int, *, profile: str, device: str, batch: int, amp: str, repeats: int, warmup: int,
+          top: int = 0) -> dict:
     import torch
 
     from cocosnet.losses.vgg import load_vgg19
@@ -125,10 +168,13 @@ def child(size: int, *, profile: str, device: str, batch: int, amp: str, repeats
         parts[name], _ = median_time(fn, device, repeats, warmup)
         model.zero_grad(set_to_none=True)
         disc.zero_grad(set_to_none=True)
-    return {"size": size, "profile": profile, "device": device, "batch": batch, "amp": amp,
-            "step_s": full, "runs": runs, "warmup": warmup, "peak_mb": peak, "parts_s": parts,
-            "other_s": full - sum(parts.values()),
-            "share": {k: v / full for k, v in parts.items()}}
+    record = {"size": size, "profile": profile, "device": device, "batch": batch, "amp": amp,
+              "step_s": full, "runs": runs, "warmup": warmup, "peak_mb": peak, "parts_s": parts,
+              "other_s": full - sum(parts.values()),
+              "share": {k: v / full for k, v in parts.items()}}
+    if top:
+        record["profile"] = top_ops(lambda: trainer.step(b, 1), device, top)
+    return record
 
 
 def main() -> None:
@@ -140,18 +186,20 @@ def main() -> None:
     parser.add_argument("--amp", default="off", choices=["off", "bfloat16", "float16"])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--top-ops", type=int, default=0, metavar="N",
+                        help="profile one more step and record the N ops with the most device self time")
     parser.add_argument("--out", default="reports/bench/train_step.json")
     parser.add_argument("--child", type=int, metavar="SIZE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     common = dict(profile=args.profile, device=args.device, batch=args.batch, amp=args.amp)
     timing = dict(repeats=args.repeats, warmup=args.warmup)
     if args.child:
-        print(json.dumps(child(args.child, **common, **timing)))
+        print(json.dumps(child(args.child, **common, **timing, top=args.top_ops)))
         return
     out = Path(args.out)
     previous = json.loads(out.read_text()) if out.exists() else {}
     records = [r for r in previous.get("records", []) if any(r.get(k) != v for k, v in common.items())]
-    flags = [f"--{k}={v}" for k, v in {**common, **timing}.items()]
+    flags = [f"--{k}={v}" for k, v in {**common, **timing, "top-ops": args.top_ops}.items()]
     for size in args.sizes:
         record = in_fresh_process("bench.train_step", [str(size), *flags], {"size": size, **common})
         print(json.dumps({k: v for k, v in record.items() if k != "runs"}), flush=True)

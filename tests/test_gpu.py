@@ -94,6 +94,9 @@ def test_gpu_script_runs_its_whole_chain_on_cpu(tmp_path):
     assert all(r["seconds"] > 0 and r["peak_mb"] > 0 for r in result["matcher"])
     (step,) = result["train_step"]
     assert step["size"] == 64 and set(step["parts_s"]) == {"matcher", "generator", "vgg", "discriminator"}
+    ops = step["profile"]["ops"]  # the profiled step: CPU self time here, by op, largest first
+    assert ops and all(a["self_ms"] >= b["self_ms"] for a, b in zip(ops, ops[1:]))
+    assert any("conv" in op["name"] for op in ops[:5])
     # On CPU every test marked gpu is skipped for want of CUDA, and the JSON says so.
     expected = "skipped" if not torch.cuda.is_available() else "passed"
     assert result["tests_gpu"].get(expected, 0) == 3 and result["tests_gpu"]["exit_status"] == 0
