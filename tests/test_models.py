@@ -1,7 +1,9 @@
+import copy
 import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cocosnet.config import load_config
 from cocosnet.errors import WeightsError
@@ -183,24 +185,71 @@ def test_blocks_normalise_and_condition():
     assert not torch.allclose(block(x, seg_a), block(x, seg_b))
 
 
-def test_large_spade_calls_are_checkpointed_with_the_same_output_and_gradients(monkeypatch):
+def _block_step(threshold, monkeypatch, calls):
+    """One forward + backward of a SPADE residual block (train mode: one power iteration) at a
+    checkpoint threshold; returns what must not depend on it."""
     from cocosnet.models import checkpointing
+
+    monkeypatch.setattr(checkpointing, "CHECKPOINT_MIN_ELEMENTS", threshold)
+    calls.clear()
+    torch.manual_seed(0)
+    block = SPADEResBlock(6, 4, 20, spade_hidden=8)
+    x = torch.randn(2, 6, 9, 9, requires_grad=True)
+    seg = torch.rand(2, 20, 5, 5)
+    out = block(x, seg)
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    u = [b.clone() for name, b in block.named_buffers() if name.endswith("weight_u")]
+    return len(calls), out.detach(), x.grad, [p.grad for p in block.parameters()], u
+
+
+def test_large_spade_blocks_are_checkpointed_whole_with_the_same_output_gradients_and_power_iteration(monkeypatch):
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    every, none = _block_step(0, monkeypatch, calls), _block_step(2**62, monkeypatch, calls)
+    assert every[0] == 1 and none[0] == 0  # the block once; its SPADEs are not checkpointed inside it
+    torch.testing.assert_close(every[1], none[1], rtol=0, atol=0)
+    torch.testing.assert_close(every[2], none[2], rtol=0, atol=1e-7)
+    for a, b in zip(every[3], none[3]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    for a, b in zip(every[4], none[4]):  # the recomputation did not run the power iteration again
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_spade_block_equals_calling_its_modules():
+    """The block passes each spectral-norm weight into its convolution; calling the modules (which
+    runs their hooks) must give the same output and the same power iteration."""
+    torch.manual_seed(0)
+    block = SPADEResBlock(6, 4, 20, spade_hidden=8)
+    reference = copy.deepcopy(block)
+    x, seg = torch.randn(2, 6, 9, 9), torch.rand(2, 20, 5, 5)
+    out = block(x, seg)
+    r = reference
+    shortcut = r.conv_s(r.norm_s(x, seg))
+    dx = r.conv_1(F.leaky_relu(r.norm_1(r.conv_0(F.leaky_relu(r.norm_0(x, seg), 0.2)), seg), 0.2))
+    torch.testing.assert_close(out, shortcut + dx, rtol=0, atol=0)
+    for (name, a), b in zip(block.named_buffers(), reference.buffers()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_a_large_spade_alone_is_checkpointed_with_the_same_output_and_gradients(monkeypatch):
+    from cocosnet.models import checkpointing
+    from cocosnet.models.blocks import SPADE
 
     calls = []
     real = torch.utils.checkpoint.checkpoint
     monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
     results = {}
-    for threshold in (0, 2**62):  # checkpoint every SPADE call, then none
+    for threshold in (0, 2**62):
         monkeypatch.setattr(checkpointing, "CHECKPOINT_MIN_ELEMENTS", threshold)
         calls.clear()
         torch.manual_seed(0)
-        block = SPADEResBlock(6, 4, 20, spade_hidden=8)
+        spade = SPADE(6, 20, hidden=8)
         x = torch.randn(2, 6, 9, 9, requires_grad=True)
-        seg = torch.rand(2, 20, 5, 5)
-        out = block(x, seg)
+        out = spade(x, torch.rand(2, 20, 5, 5))
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        results[threshold] = (len(calls), out.detach(), x.grad, [p.grad for p in block.parameters()])
-    assert results[0][0] == 3 and results[2**62][0] == 0  # norm_0, norm_1, norm_s
+        results[threshold] = (len(calls), out.detach(), x.grad, [p.grad for p in spade.parameters()])
+    assert results[0][0] == 1 and results[2**62][0] == 0
     torch.testing.assert_close(results[0][1], results[2**62][1], rtol=0, atol=0)
     torch.testing.assert_close(results[0][2], results[2**62][2], rtol=0, atol=1e-7)
     for a, b in zip(results[0][3], results[2**62][3]):

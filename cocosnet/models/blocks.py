@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import spectral_norm
+from torch.nn.utils.spectral_norm import SpectralNorm
 
 from cocosnet.models import checkpointing
 from cocosnet.models.checkpointing import maybe_checkpoint
@@ -101,6 +102,28 @@ def _sn_conv(fin: int, fout: int, kernel: int, *, bias: bool = True) -> nn.Seque
     return nn.Sequential(*layers)
 
 
+def spectral_weight(conv: nn.Conv2d) -> Tensor:
+    """The weight a spectral-norm conv uses in this forward: runs its hook once, which is what calling
+    the module would do (one power iteration in training mode), and returns the normalised weight.
+    A checkpointed function that takes this weight as an argument recomputes the same convolution;
+    calling the module inside it would run the power iteration, and update `u`, a second time."""
+    for hook in conv._forward_pre_hooks.values():
+        if isinstance(hook, SpectralNorm):
+            hook(conv, None)
+    return conv.weight
+
+
+def _padded_conv(layers: nn.Sequential, x: Tensor, weight: Tensor) -> Tensor:
+    """An `_sn_conv` (optional reflection pad, then the conv) with the given weight."""
+    conv = layers[-1]
+    if len(layers) > 1:
+        x = layers[0](x)
+    return F.conv2d(x, weight, conv.bias)
+
+
+BLOCK_MAPS_KEPT = 10  # input-sized maps a SPADEResBlock keeps for backward besides its SPADEs' hidden maps
+
+
 class SPADEResBlock(nn.Module):
     """SPADE residual block: spectral norm, reflection padding, learned 1x1 shortcut when fin != fout."""
 
@@ -117,9 +140,23 @@ class SPADEResBlock(nn.Module):
             self.conv_s = _sn_conv(fin, fout, 1, bias=False)
 
     def forward(self, x: Tensor, seg: Tensor) -> Tensor:
-        shortcut = self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x
-        dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), 0.2))
-        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), 0.2))
+        """x (B, fin, H, W), seg (B, label_nc, h, w) -> (B, fout, H, W).
+
+        At full resolution a block keeps about 10 input-sized maps besides its SPADEs' hidden maps,
+        so large calls are checkpointed whole (their SPADEs are then not checkpointed on their own).
+        The spectral-norm weights are computed once, here, and passed in, so the recomputation is
+        exact."""
+        convs = [self.conv_0, self.conv_1] + ([self.conv_s] if self.learned_shortcut else [])
+        weights = [spectral_weight(c[-1]) for c in convs]
+        spades = len(convs)  # one SPADE per conv
+        hidden = self.norm_0.shared[0].out_channels
+        kept = x.shape[0] * x.shape[-2] * x.shape[-1] * (3 * spades * hidden + BLOCK_MAPS_KEPT * x.shape[1])
+        return maybe_checkpoint(self._block, x, seg, *weights, elements=kept)
+
+    def _block(self, x: Tensor, seg: Tensor, w0: Tensor, w1: Tensor, ws: Tensor | None = None) -> Tensor:
+        shortcut = _padded_conv(self.conv_s, self.norm_s(x, seg), ws) if self.learned_shortcut else x
+        dx = _padded_conv(self.conv_0, F.leaky_relu(self.norm_0(x, seg), 0.2), w0)
+        dx = _padded_conv(self.conv_1, F.leaky_relu(self.norm_1(dx, seg), 0.2), w1)
         return shortcut + dx
 
 
