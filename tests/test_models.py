@@ -202,12 +202,12 @@ def _block_step(threshold, monkeypatch, calls):
     return len(calls), out.detach(), x.grad, [p.grad for p in block.parameters()], u
 
 
-def test_large_spade_blocks_are_checkpointed_whole_with_the_same_output_gradients_and_power_iteration(monkeypatch):
+def test_large_spade_block_branches_are_checkpointed_with_the_same_output_gradients_and_power_iteration(monkeypatch):
     calls = []
     real = torch.utils.checkpoint.checkpoint
     monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
     every, none = _block_step(0, monkeypatch, calls), _block_step(2**62, monkeypatch, calls)
-    assert every[0] == 1 and none[0] == 0  # the block once; its SPADEs are not checkpointed inside it
+    assert every[0] == 3 and none[0] == 0  # each branch once (s, 0, 1); their SPADEs not again inside
     torch.testing.assert_close(every[1], none[1], rtol=0, atol=0)
     torch.testing.assert_close(every[2], none[2], rtol=0, atol=1e-7)
     for a, b in zip(every[3], none[3]):
@@ -304,3 +304,41 @@ def test_large_residual_blocks_are_checkpointed_with_the_same_output_and_gradien
     torch.testing.assert_close(results[0][2], results[2**62][2], rtol=0, atol=1e-6)
     for a, b in zip(results[0][3], results[2**62][3]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def _encoder_layer():
+    from cocosnet.models.align import EncoderLayer
+    from cocosnet.models.blocks import ResidualBlock, sn_in_conv
+
+    torch.manual_seed(0)
+    return EncoderLayer(torch.nn.LeakyReLU(0.2), sn_in_conv(4, 6, 3, 2), ResidualBlock(6))
+
+
+def test_an_encoder_layer_equals_its_modules_in_sequence_and_checkpoints_exactly(monkeypatch):
+    from cocosnet.models import checkpointing
+
+    x = torch.randn(2, 4, 11, 11)
+    layer = _encoder_layer()
+    reference = copy.deepcopy(layer)
+    torch.testing.assert_close(layer(x), torch.nn.Sequential.forward(reference, x), rtol=0, atol=0)
+    for (name, a), b in zip(layer.named_buffers(), reference.buffers()):  # one power iteration, as the modules
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    results = {}
+    for threshold in (0, 2**62):
+        monkeypatch.setattr(checkpointing, "CHECKPOINT_MIN_ELEMENTS", threshold)
+        calls.clear()
+        layer, xg = _encoder_layer(), x.clone().requires_grad_(True)
+        out = layer(xg)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results[threshold] = (len(calls), out.detach(), xg.grad, [p.grad for p in layer.parameters()],
+                              [b.clone() for b in layer.buffers()])
+    every, none = results[0], results[2**62]
+    assert every[0] == 2 and none[0] == 0  # the conv part and the residual block
+    torch.testing.assert_close(every[1], none[1], rtol=0, atol=0)
+    torch.testing.assert_close(every[2], none[2], rtol=0, atol=1e-6)
+    for a, b in zip(every[3] + every[4], none[3] + none[4]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)

@@ -161,3 +161,26 @@ def test_the_returned_scores_are_those_of_the_returned_positions_with_and_withou
         with torch.no_grad():
             torch.testing.assert_close(scores, candidate_scores(query, key, coords), rtol=0, atol=1e-6)
             torch.testing.assert_close(bare_scores, candidate_scores(query, key, bare), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [8, 16])
+def test_the_update_checkpoint_threshold_counts_what_an_update_keeps(k):
+    """UPDATE_CHANNELS_KEPT decides which updates are checkpointed; it must match what an update
+    really keeps for backward (per pixel of its grid), within 10%."""
+    from cocosnet.models.convgru import UpdateBlock
+    from cocosnet.models.patchmatch import UPDATE_CHANNELS_KEPT
+
+    update = UpdateBlock(k, 32)
+    h = torch.randn(1, 32, 16, 16, requires_grad=True)
+    weights = {p.untyped_storage().data_ptr() for p in update.parameters()}
+    storages = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in weights:  # the activations, which grow with the grid
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        update(h, torch.rand(1, k, 16, 16), torch.randn(1, 2 * k, 16, 16))
+    per_pixel = sum(storages.values()) / 4 / (16 * 16)
+    assert abs(per_pixel - UPDATE_CHANNELS_KEPT) <= 0.1 * per_pixel, per_pixel

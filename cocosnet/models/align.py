@@ -12,7 +12,45 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cocosnet.models.blocks import ResidualBlock, SPADEResBlock, centre_and_normalise, sn_in_conv
+from cocosnet.models.blocks import (
+    ResidualBlock,
+    SPADEResBlock,
+    centre_and_normalise,
+    conv_with,
+    sn_in_conv,
+    spectral_weight,
+)
+from cocosnet.models.checkpointing import maybe_checkpoint
+
+ENCODER_MAPS_KEPT = 2  # input-sized maps an encoder layer's activation and conv keep for backward
+
+
+class EncoderLayer(nn.Sequential):
+    """[LeakyReLU], spectral-norm conv + InstanceNorm, [ResidualBlock]. An nn.Sequential, so its
+    state-dict keys are those the official mapping (models/official.py) expects.
+
+    At full resolution the activation, the conv's input and the norm's input are maps of the
+    largest size, so that part is checkpointed; the conv's spectral-norm weight is computed once,
+    here, and passed in, so the recomputation is exact (and the power iteration runs once). The
+    residual block checkpoints itself."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        parts = list(self)
+        at = next(i for i, part in enumerate(parts) if isinstance(part, nn.Sequential))  # the SN + IN conv
+        conv = parts[at][0]
+        weight = spectral_weight(conv)
+        out = x.shape[0] * conv.out_channels * -(-x.shape[-2] // conv.stride[0]) * -(-x.shape[-1] // conv.stride[1])
+        h = maybe_checkpoint(self._conv_part, x, weight, elements=ENCODER_MAPS_KEPT * x.numel() + out)
+        for part in parts[at + 1:]:
+            h = part(h)
+        return h
+
+    def _conv_part(self, x: Tensor, weight: Tensor) -> Tensor:
+        for part in self:
+            if isinstance(part, nn.Sequential):
+                return part[1](conv_with(part[0], x, weight))
+            x = part(x)
+        raise AssertionError("an encoder layer holds an SN + IN conv")
 
 
 class AlignUNet(nn.Module):
@@ -31,7 +69,7 @@ class AlignUNet(nn.Module):
             layers.append(sn_in_conv(fin, fout, 3, stride))
             if i:
                 layers.append(ResidualBlock(fout))
-            self.encoder.append(nn.Sequential(*layers))
+            self.encoder.append(EncoderLayer(*layers))
             fin = fout
         # Decoder: a head on the coarsest encoder output, then up + skip per finer level, each a SPADE block
         # on the input.

@@ -113,15 +113,19 @@ def spectral_weight(conv: nn.Conv2d) -> Tensor:
     return conv.weight
 
 
+def conv_with(conv: nn.Conv2d, x: Tensor, weight: Tensor) -> Tensor:
+    """`conv`'s convolution (bias, stride, padding) with the given weight, its hooks not run."""
+    return F.conv2d(x, weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
 def _padded_conv(layers: nn.Sequential, x: Tensor, weight: Tensor) -> Tensor:
     """An `_sn_conv` (optional reflection pad, then the conv) with the given weight."""
-    conv = layers[-1]
     if len(layers) > 1:
         x = layers[0](x)
-    return F.conv2d(x, weight, conv.bias)
+    return conv_with(layers[-1], x, weight)
 
 
-BLOCK_MAPS_KEPT = 10  # input-sized maps a SPADEResBlock keeps for backward besides its SPADEs' hidden maps
+BRANCH_MAPS_KEPT = 3  # input-sized maps a branch keeps besides its SPADE's hidden maps (norm, activation, pad)
 
 
 class SPADEResBlock(nn.Module):
@@ -140,24 +144,28 @@ class SPADEResBlock(nn.Module):
             self.conv_s = _sn_conv(fin, fout, 1, bias=False)
 
     def forward(self, x: Tensor, seg: Tensor) -> Tensor:
-        """x (B, fin, H, W), seg (B, label_nc, h, w) -> (B, fout, H, W).
-
-        At full resolution a block keeps about 10 input-sized maps besides its SPADEs' hidden maps,
-        so large calls are checkpointed whole (their SPADEs are then not checkpointed on their own).
-        The spectral-norm weights are computed once, here, and passed in, so the recomputation is
-        exact."""
-        convs = [self.conv_0, self.conv_1] + ([self.conv_s] if self.learned_shortcut else [])
-        weights = [spectral_weight(c[-1]) for c in convs]
-        spades = len(convs)  # one SPADE per conv
-        hidden = self.norm_0.shared[0].out_channels
-        kept = x.shape[0] * x.shape[-2] * x.shape[-1] * (3 * spades * hidden + BLOCK_MAPS_KEPT * x.shape[1])
-        return maybe_checkpoint(self._block, x, seg, *weights, elements=kept)
-
-    def _block(self, x: Tensor, seg: Tensor, w0: Tensor, w1: Tensor, ws: Tensor | None = None) -> Tensor:
-        shortcut = _padded_conv(self.conv_s, self.norm_s(x, seg), ws) if self.learned_shortcut else x
-        dx = _padded_conv(self.conv_0, F.leaky_relu(self.norm_0(x, seg), 0.2), w0)
-        dx = _padded_conv(self.conv_1, F.leaky_relu(self.norm_1(dx, seg), 0.2), w1)
+        """x (B, fin, H, W), seg (B, label_nc, h, w) -> (B, fout, H, W)."""
+        shortcut = self._branch(self.norm_s, self.conv_s, x, seg, act=False) if self.learned_shortcut else x
+        dx = self._branch(self.norm_0, self.conv_0, x, seg)
+        dx = self._branch(self.norm_1, self.conv_1, dx, seg)
         return shortcut + dx
+
+    def _branch(self, norm: SPADE, conv: nn.Sequential, x: Tensor, seg: Tensor, *, act: bool = True) -> Tensor:
+        """conv(leaky_relu(norm(x, seg))), or conv(norm(x, seg)) for the shortcut.
+
+        At full resolution a branch keeps its SPADE's hidden maps and about 3 input-sized maps, so
+        large branches are checkpointed, one at a time (so backward recomputes one branch's maps at
+        a time; the SPADE is then not checkpointed on its own). The spectral-norm weight is computed
+        once, here, and passed in, so the recomputation is exact."""
+        weight = spectral_weight(conv[-1])
+        pixels = x.shape[0] * x.shape[-2] * x.shape[-1]
+        kept = pixels * (3 * norm.shared[0].out_channels + BRANCH_MAPS_KEPT * x.shape[1])
+        return maybe_checkpoint(_spade_branch, norm, conv, act, x, seg, weight, elements=kept)
+
+
+def _spade_branch(norm: SPADE, conv: nn.Sequential, act: bool, x: Tensor, seg: Tensor, weight: Tensor) -> Tensor:
+    h = norm(x, seg)
+    return _padded_conv(conv, F.leaky_relu(h, 0.2) if act else h, weight)
 
 
 RESIDUAL_MAPS_KEPT = 8  # input-sized maps a ResidualBlock keeps for backward (pads, convs, norms, PReLUs)

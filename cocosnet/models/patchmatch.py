@@ -26,7 +26,9 @@ from cocosnet.models.checkpointing import maybe_checkpoint
 from cocosnet.models.convgru import UpdateBlock
 
 SCORE_CHUNK = 8  # candidates sampled at once: bounds memory to O(B*C*H*W*SCORE_CHUNK)
-UPDATE_CHANNELS_KEPT = 512  # roughly what one UpdateBlock call keeps per pixel for backward
+# Floats one UpdateBlock call keeps per pixel of its grid for backward (measured: 1264 at k = 16,
+# 1176 at k = 8; tests/test_patchmatch.py checks it). It decides which updates are checkpointed.
+UPDATE_CHANNELS_KEPT = 1232
 
 
 def sample_at(source: Tensor, coords: Tensor) -> Tensor:
