@@ -342,3 +342,33 @@ def test_an_encoder_layer_equals_its_modules_in_sequence_and_checkpoints_exactly
     torch.testing.assert_close(every[2], none[2], rtol=0, atol=1e-6)
     for a, b in zip(every[3] + every[4], none[3] + none[4]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_an_alignment_unet_checkpointed_everywhere_equals_one_checkpointed_nowhere(monkeypatch):
+    """Every checkpoint of the U-Net at once (encoder layers, residual blocks, SPADE block branches,
+    the level outputs): the same features, gradients and power iterations as none."""
+    from cocosnet.models import checkpointing
+    from cocosnet.models.align import AlignUNet
+
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    results = {}
+    for threshold in (0, 2**62):
+        monkeypatch.setattr(checkpointing, "CHECKPOINT_MIN_ELEMENTS", threshold)
+        calls.clear()
+        torch.manual_seed(0)
+        net = AlignUNet(5, (8, 6, 4), match_channels=3, spade_hidden=4)
+        x = torch.rand(2, 5, 16, 16, requires_grad=True)
+        feats, matching = net(x)
+        loss = sum((t * torch.linspace(-1, 1, t.numel()).view_as(t)).sum() for t in feats + matching)
+        loss.backward()
+        results[threshold] = (len(calls), [t.detach() for t in feats + matching], [x.grad],
+                              [p.grad for p in net.parameters()] + [b.clone() for b in net.buffers()])
+    every, none = results[0], results[2**62]
+    # 4 encoder layers, 3 residual blocks, 2 + 3 + 3 block branches (the head has no shortcut), 3 level outputs
+    assert every[0] == 4 + 3 + 8 + 3 and none[0] == 0
+    for a, b in zip(every[1], none[1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(every[2] + every[3], none[2] + none[3]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)

@@ -22,6 +22,7 @@ from cocosnet.models.blocks import (
 )
 from cocosnet.models.checkpointing import maybe_checkpoint
 
+OUTPUT_MAPS_KEPT = 4  # feature-sized maps a level's output normalisations and projection keep
 ENCODER_MAPS_KEPT = 2  # input-sized maps an encoder layer's activation and conv keep for backward
 
 
@@ -97,6 +98,14 @@ class AlignUNet(nn.Module):
         for block, skip in zip(self.decoder[1:], reversed(skips[:-1])):
             up = F.interpolate(feats[-1], size=skip.shape[-2:], mode="bilinear", align_corners=True)
             feats.append(block(up + skip, x))
-        feats = [F.normalize(f, dim=1) for f in feats]
-        matching = [centre_and_normalise(proj(f)) for proj, f in zip(self.project, feats)]
-        return feats, matching
+        # At full resolution the normalisations and the projection keep about 4 feature-sized maps,
+        # so large levels are recomputed in backward (exact: no spectral norm or randomness).
+        outputs = [maybe_checkpoint(_level_outputs, f, proj, elements=OUTPUT_MAPS_KEPT * f.numel())
+                   for proj, f in zip(self.project, feats)]
+        return [f for f, _ in outputs], [m for _, m in outputs]
+
+
+def _level_outputs(f: Tensor, project: nn.Conv2d) -> tuple[Tensor, Tensor]:
+    """A decoder level's (L2-normalised features, PONO_C-centred and L2-normalised matching projection)."""
+    f = F.normalize(f, dim=1)
+    return f, centre_and_normalise(project(f))
