@@ -185,35 +185,50 @@ def test_blocks_normalise_and_condition():
     assert not torch.allclose(block(x, seg_a), block(x, seg_b))
 
 
-def _block_step(threshold, monkeypatch, calls):
-    """One forward + backward of a SPADE residual block (train mode: one power iteration) at a
-    checkpoint threshold; returns what must not depend on it."""
+def _every_and_no_checkpoint(monkeypatch, build, inputs) -> dict:
+    """Forward + backward of `build()` (seeded, train mode) on `inputs()` (the first requires grad)
+    with every checkpoint taken (threshold 0) and with none (2**62). Per threshold: the checkpoint
+    calls, the outputs, the first input's gradient, the parameters' gradients and the buffers."""
     from cocosnet.models import checkpointing
 
-    monkeypatch.setattr(checkpointing, "CHECKPOINT_MIN_ELEMENTS", threshold)
-    calls.clear()
-    torch.manual_seed(0)
-    block = SPADEResBlock(6, 4, 20, spade_hidden=8)
-    x = torch.randn(2, 6, 9, 9, requires_grad=True)
-    seg = torch.rand(2, 20, 5, 5)
-    out = block(x, seg)
-    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-    u = [b.clone() for name, b in block.named_buffers() if name.endswith("weight_u")]
-    return len(calls), out.detach(), x.grad, [p.grad for p in block.parameters()], u
-
-
-def test_large_spade_block_branches_are_checkpointed_with_the_same_output_gradients_and_power_iteration(monkeypatch):
     calls = []
     real = torch.utils.checkpoint.checkpoint
     monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
-    every, none = _block_step(0, monkeypatch, calls), _block_step(2**62, monkeypatch, calls)
-    assert every[0] == 3 and none[0] == 0  # each branch once (s, 0, 1); their SPADEs not again inside
-    torch.testing.assert_close(every[1], none[1], rtol=0, atol=0)
-    torch.testing.assert_close(every[2], none[2], rtol=0, atol=1e-7)
-    for a, b in zip(every[3], none[3]):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-    for a, b in zip(every[4], none[4]):  # the recomputation did not run the power iteration again
+    results = {}
+    for threshold in (0, 2**62):
+        monkeypatch.setattr(checkpointing, "CHECKPOINT_MIN_ELEMENTS", threshold)
+        calls.clear()
+        torch.manual_seed(0)
+        module = build()
+        args = inputs()
+        out = module(*args)
+        outs = [t for part in out for t in (part if isinstance(part, list) else [part])] \
+            if isinstance(out, tuple) else [out]
+        sum((t * torch.linspace(-1, 1, t.numel()).view_as(t)).sum() for t in outs).backward()
+        results[threshold] = (len(calls), [t.detach() for t in outs], args[0].grad,
+                              [p.grad for p in module.parameters()], [b.clone() for b in module.buffers()])
+    return results
+
+
+def _assert_the_same(results, *, input_atol: float, param_atol: float, buffer_atol: float = 0.0) -> None:
+    """Outputs equal exactly; gradients and buffers (the spectral norms' u, v) within the tolerances."""
+    every, none = results[0], results[2**62]
+    for a, b in zip(every[1], none[1]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(every[2], none[2], rtol=0, atol=input_atol)
+    for a, b in zip(every[3], none[3]):
+        torch.testing.assert_close(a, b, rtol=0, atol=param_atol)
+    for a, b in zip(every[4], none[4]):
+        torch.testing.assert_close(a, b, rtol=0, atol=buffer_atol)
+
+
+def test_large_spade_block_branches_are_checkpointed_with_the_same_output_gradients_and_power_iteration(monkeypatch):
+    results = _every_and_no_checkpoint(
+        monkeypatch, lambda: SPADEResBlock(6, 4, 20, spade_hidden=8),
+        lambda: (torch.randn(2, 6, 9, 9, requires_grad=True), torch.rand(2, 20, 5, 5)))
+    assert results[0][0] == 3 and results[2**62][0] == 0  # each branch once (s, 0, 1); their SPADEs not again
+    # buffers exact: the recomputation did not run the power iteration again
+    _assert_the_same(results, input_atol=1e-7, param_atol=1e-6, buffer_atol=0.0)
 
 
 def test_a_spade_block_equals_calling_its_modules():
@@ -233,27 +248,13 @@ def test_a_spade_block_equals_calling_its_modules():
 
 
 def test_a_large_spade_alone_is_checkpointed_with_the_same_output_and_gradients(monkeypatch):
-    from cocosnet.models import checkpointing
     from cocosnet.models.blocks import SPADE
 
-    calls = []
-    real = torch.utils.checkpoint.checkpoint
-    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
-    results = {}
-    for threshold in (0, 2**62):
-        monkeypatch.setattr(checkpointing, "CHECKPOINT_MIN_ELEMENTS", threshold)
-        calls.clear()
-        torch.manual_seed(0)
-        spade = SPADE(6, 20, hidden=8)
-        x = torch.randn(2, 6, 9, 9, requires_grad=True)
-        out = spade(x, torch.rand(2, 20, 5, 5))
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        results[threshold] = (len(calls), out.detach(), x.grad, [p.grad for p in spade.parameters()])
+    results = _every_and_no_checkpoint(
+        monkeypatch, lambda: SPADE(6, 20, hidden=8),
+        lambda: (torch.randn(2, 6, 9, 9, requires_grad=True), torch.rand(2, 20, 5, 5)))
     assert results[0][0] == 1 and results[2**62][0] == 0
-    torch.testing.assert_close(results[0][1], results[2**62][1], rtol=0, atol=0)
-    torch.testing.assert_close(results[0][2], results[2**62][2], rtol=0, atol=1e-7)
-    for a, b in zip(results[0][3], results[2**62][3]):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    _assert_the_same(results, input_atol=1e-7, param_atol=1e-6)
 
 
 @pytest.mark.parametrize("size", [(10, 9), (12, 7)])
@@ -283,27 +284,12 @@ def test_large_spade_calls_without_autograd_run_in_row_tiles_with_the_same_outpu
 
 
 def test_large_residual_blocks_are_checkpointed_with_the_same_output_and_gradients(monkeypatch):
-    from cocosnet.models import checkpointing
     from cocosnet.models.blocks import ResidualBlock
 
-    calls = []
-    real = torch.utils.checkpoint.checkpoint
-    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
-    results = {}
-    for threshold in (0, 2**62):
-        monkeypatch.setattr(checkpointing, "CHECKPOINT_MIN_ELEMENTS", threshold)
-        calls.clear()
-        torch.manual_seed(0)
-        block = ResidualBlock(5)
-        x = torch.randn(2, 5, 7, 7, requires_grad=True)
-        out = block(x)
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        results[threshold] = (len(calls), out.detach(), x.grad, [p.grad for p in block.parameters()])
+    results = _every_and_no_checkpoint(monkeypatch, lambda: ResidualBlock(5),
+                                       lambda: (torch.randn(2, 5, 7, 7, requires_grad=True),))
     assert results[0][0] == 1 and results[2**62][0] == 0
-    torch.testing.assert_close(results[0][1], results[2**62][1], rtol=0, atol=0)
-    torch.testing.assert_close(results[0][2], results[2**62][2], rtol=0, atol=1e-6)
-    for a, b in zip(results[0][3], results[2**62][3]):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    _assert_the_same(results, input_atol=1e-6, param_atol=1e-5)
 
 
 def _encoder_layer():
@@ -315,8 +301,6 @@ def _encoder_layer():
 
 
 def test_an_encoder_layer_equals_its_modules_in_sequence_and_checkpoints_exactly(monkeypatch):
-    from cocosnet.models import checkpointing
-
     x = torch.randn(2, 4, 11, 11)
     layer = _encoder_layer()
     reference = copy.deepcopy(layer)
@@ -324,51 +308,19 @@ def test_an_encoder_layer_equals_its_modules_in_sequence_and_checkpoints_exactly
     for (name, a), b in zip(layer.named_buffers(), reference.buffers()):  # one power iteration, as the modules
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
-    calls = []
-    real = torch.utils.checkpoint.checkpoint
-    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
-    results = {}
-    for threshold in (0, 2**62):
-        monkeypatch.setattr(checkpointing, "CHECKPOINT_MIN_ELEMENTS", threshold)
-        calls.clear()
-        layer, xg = _encoder_layer(), x.clone().requires_grad_(True)
-        out = layer(xg)
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        results[threshold] = (len(calls), out.detach(), xg.grad, [p.grad for p in layer.parameters()],
-                              [b.clone() for b in layer.buffers()])
-    every, none = results[0], results[2**62]
-    assert every[0] == 2 and none[0] == 0  # the conv part and the residual block
-    torch.testing.assert_close(every[1], none[1], rtol=0, atol=0)
-    torch.testing.assert_close(every[2], none[2], rtol=0, atol=1e-6)
-    for a, b in zip(every[3] + every[4], none[3] + none[4]):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    results = _every_and_no_checkpoint(monkeypatch, _encoder_layer, lambda: (x.clone().requires_grad_(True),))
+    assert results[0][0] == 2 and results[2**62][0] == 0  # the conv part and the residual block
+    _assert_the_same(results, input_atol=1e-6, param_atol=1e-6, buffer_atol=1e-6)
 
 
 def test_an_alignment_unet_checkpointed_everywhere_equals_one_checkpointed_nowhere(monkeypatch):
     """Every checkpoint of the U-Net at once (encoder layers, residual blocks, SPADE block branches,
     the level outputs): the same features, gradients and power iterations as none."""
-    from cocosnet.models import checkpointing
     from cocosnet.models.align import AlignUNet
 
-    calls = []
-    real = torch.utils.checkpoint.checkpoint
-    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
-    results = {}
-    for threshold in (0, 2**62):
-        monkeypatch.setattr(checkpointing, "CHECKPOINT_MIN_ELEMENTS", threshold)
-        calls.clear()
-        torch.manual_seed(0)
-        net = AlignUNet(5, (8, 6, 4), match_channels=3, spade_hidden=4)
-        x = torch.rand(2, 5, 16, 16, requires_grad=True)
-        feats, matching = net(x)
-        loss = sum((t * torch.linspace(-1, 1, t.numel()).view_as(t)).sum() for t in feats + matching)
-        loss.backward()
-        results[threshold] = (len(calls), [t.detach() for t in feats + matching], [x.grad],
-                              [p.grad for p in net.parameters()] + [b.clone() for b in net.buffers()])
-    every, none = results[0], results[2**62]
+    results = _every_and_no_checkpoint(
+        monkeypatch, lambda: AlignUNet(5, (8, 6, 4), match_channels=3, spade_hidden=4),
+        lambda: (torch.rand(2, 5, 16, 16, requires_grad=True),))
     # 4 encoder layers, 3 residual blocks, 2 + 3 + 3 block branches (the head has no shortcut), 3 level outputs
-    assert every[0] == 4 + 3 + 8 + 3 and none[0] == 0
-    for a, b in zip(every[1], none[1]):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    for a, b in zip(every[2] + every[3], none[2] + none[3]):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert results[0][0] == 4 + 3 + 8 + 3 and results[2**62][0] == 0
+    _assert_the_same(results, input_atol=1e-5, param_atol=1e-5, buffer_atol=1e-5)
