@@ -37,22 +37,40 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def child(kind: str, size: int, repeats: int, device: str, channels: int) -> dict:
+def level_inputs(size: int, channels: int, device: str = "cpu"):
+    """The level's inputs (seeded): L2-normalised query and key (1, C, size, size), key colours and an
+    init one pixel-ish off the identity (1, size, size, 1, 2)."""
     import torch
     import torch.nn.functional as F
 
-    from cocosnet.models.kernels import extension
-    from cocosnet.models.patchmatch import PatchMatchGRU, patch_match, pixel_grid
+    from cocosnet.models.patchmatch import pixel_grid
 
-    extension()  # build or load the CPU kernels before any timing
     torch.manual_seed(0)
     query = F.normalize(torch.randn(1, channels, size, size, device=device), dim=1)
     key = F.normalize(torch.randn(1, channels, size, size, device=device), dim=1)
     colors = torch.rand(1, 3, size, size, device=device)
     grid = pixel_grid(1, size, size, query.device, query.dtype)
     init = (grid + torch.randn(grid.shape, device=device)).expand(1, size, size, 1, 2).contiguous()
+    return query, key, colors, init
+
+
+def benchmarked_level(channels: int):
+    """The benchmarked level: k = 16, 5 iterations, the other settings PatchMatchGRU's defaults."""
+    from cocosnet.models.patchmatch import PatchMatchGRU
+
+    return PatchMatchGRU(channels, num_candidates=16, iters=5)
+
+
+def child(kind: str, size: int, repeats: int, device: str, channels: int) -> dict:
+    import torch
+
+    from cocosnet.models.kernels import extension
+    from cocosnet.models.patchmatch import patch_match
+
+    extension()  # build or load the CPU kernels before any timing
+    query, key, colors, init = level_inputs(size, channels, device)
     if kind == "patchmatch":
-        level = PatchMatchGRU(channels, num_candidates=16, iters=5).to(device)
+        level = benchmarked_level(channels).to(device)
 
         def forward():
             return level(query, key, colors, init=init, generator=torch.Generator(device).manual_seed(0))[2]

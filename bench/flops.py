@@ -74,21 +74,19 @@ def _seconds(fn) -> float:
 
 
 def level_step(size: int, channels: int = 32):
-    """One PatchMatch + GRU level forward + backward, as bench/correspondence.py runs it."""
+    """One PatchMatch + GRU level forward + backward, on bench/correspondence.py's level and inputs."""
     import torch
-    import torch.nn.functional as F
 
-    from cocosnet.models.patchmatch import PatchMatchGRU, pixel_grid
+    from bench.correspondence import benchmarked_level, level_inputs
 
-    torch.manual_seed(0)
-    query = F.normalize(torch.randn(1, channels, size, size), dim=1).requires_grad_(True)
-    key = F.normalize(torch.randn(1, channels, size, size), dim=1)
-    colors = torch.rand(1, 3, size, size)
-    grid = pixel_grid(1, size, size, query.device, query.dtype)
-    init = (grid + torch.randn(grid.shape)).expand(1, size, size, 1, 2).contiguous()
-    level = PatchMatchGRU(channels, num_candidates=16, iters=5).train()
-    return lambda: level(query, key, colors, init=init, generator=torch.Generator().manual_seed(0))[2].abs().mean() \
-        .backward()
+    query, key, colors, init = level_inputs(size, channels)
+    query.requires_grad_(True)
+    level = benchmarked_level(channels).train()
+
+    def step():
+        warp = level(query, key, colors, init=init, generator=torch.Generator().manual_seed(0))[2]
+        warp.abs().mean().backward()
+    return step
 
 
 def matcher_step(mode: str, size: int, profile: str):
