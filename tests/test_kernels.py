@@ -143,6 +143,85 @@ def test_select_top_k_stays_with_the_tensor_version_under_autograd():
         assert kernels.select_applies(coords, torch.rand(1, 2, 2, 5))
 
 
+def composed_search(monkeypatch, *args, **kwargs):
+    """patchmatch.search_step as tensor ops around the score and select kernels (no search kernel)."""
+    with monkeypatch.context() as m:
+        m.setattr(kernels, "search_applies", lambda *a: False)
+        return patchmatch.search_step(*args, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("b,c,h,w,hk,wk,k,samples", [(2, 7, 9, 11, 6, 5, 16, 4), (1, 5, 4, 3, 7, 8, 32, 2),
+                                                     (1, 3, 1, 1, 1, 1, 4, 3), (1, 4, 6, 2, 3, 9, 1, 0)])
+def test_the_search_kernel_equals_the_tensor_iteration_exactly(monkeypatch, dtype, b, c, h, w, hk, wk, k, samples):
+    g = torch.Generator().manual_seed(h * w + k)
+    query = F.normalize(torch.randn(b, c, h, w, generator=g, dtype=dtype), dim=1)
+    key = F.normalize(torch.randn(b, c, hk, wk, generator=g, dtype=dtype), dim=1)
+    # Quarter-pixel positions, some outside the key: duplicates, borders and clamping all occur.
+    coords = torch.round((torch.rand(b, h, w, k, 2, generator=g, dtype=dtype) * (wk + 2) - 1) * 4) / 4
+    scores = kernels.fused_scores(query, key, coords).sort(dim=-1, descending=True).values
+    args = dict(radius=3.0, num_random=samples)
+    assert kernels.search_applies(query, key, coords, scores)
+    fast = patchmatch.search_step(query, key, coords, scores, generator=torch.Generator().manual_seed(1), **args)
+    slow = composed_search(monkeypatch, query, key, coords, scores, generator=torch.Generator().manual_seed(1), **args)
+    assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
+    cl = patchmatch.search_step(kernels.search_layout(query), kernels.search_layout(key), coords, scores,
+                                generator=torch.Generator().manual_seed(1), **args)
+    assert torch.equal(cl[0], fast[0]) and torch.equal(cl[1], fast[1])
+
+
+def test_the_search_kernel_is_used_only_where_it_applies(monkeypatch):
+    query, key, coords = inputs(torch.float32)
+    scores = torch.rand(coords.shape[:4])
+    assert kernels.search_applies(query, key, coords, scores)
+    assert not kernels.search_applies(query, key, coords.double(), scores.double())
+    assert not kernels.search_applies(query.bfloat16(), key.bfloat16(), coords, scores)
+    monkeypatch.setattr(kernels, "extension", lambda: None)
+    assert not kernels.search_applies(query, key, coords, scores)
+    assert patchmatch.search_step(query, key, coords, scores, radius=2.0)[0].shape == coords.shape
+
+
+def test_the_search_kernel_refuses_bad_shapes_with_a_message():
+    query, key, coords = inputs(torch.float32)
+    scores, jitter = torch.rand(coords.shape[:4]), torch.zeros(*coords.shape[:3], 4, 2)
+    with pytest.raises(RuntimeError, match="scores must be"):
+        kernels.search_step(query, key, coords, scores[..., :3], jitter, 1)
+    with pytest.raises(RuntimeError, match="jitter must be"):
+        kernels.search_step(query, key, coords, scores, jitter[:, :2], 1)
+    with pytest.raises(RuntimeError, match="m must be"):
+        kernels.search_step(query, key, coords, scores, jitter, coords.shape[3] + 1)
+
+
+def test_a_level_lays_out_its_features_for_the_kernels_once(monkeypatch):
+    """Every kernel call of a level reads the same channels-last copy of the query and of the key
+    (before, each score pass copied both), and the level's results are bit-identical either way."""
+    query, key, truth = planted(24, 24, seed=2)
+    level = patchmatch.PatchMatchGRU(query.shape[1], num_candidates=4, iters=3).eval()
+    real, seen = kernels.extension(), []
+
+    class Spy:  # the compiled module, recording the (B, H, W, C) query and key each kernel reads
+        def __getattr__(self, name):
+            if name not in ("scores_forward", "search_step"):
+                return getattr(real, name)
+            return lambda q, k, *a: seen.append((q, k)) or getattr(real, name)(q, k, *a)
+
+    monkeypatch.setattr(kernels, "extension", lambda: Spy())
+
+    def run():
+        seen.clear()
+        with torch.no_grad():
+            return level(query, key, key[:, :3], init=coarse_init(truth), generator=torch.Generator().manual_seed(0))
+
+    once = run()
+    assert len(seen) >= 6
+    # The tensors stay alive in `seen`, so equal pointers mean one shared copy.
+    assert len({q.data_ptr() for q, _ in seen}) == 1 and len({k.data_ptr() for _, k in seen}) == 1
+    monkeypatch.setattr(kernels, "search_layout", lambda x: x)
+    per_pass = run()
+    assert len({q.data_ptr() for q, _ in seen}) == len(seen)  # the old way: a new copy every pass
+    assert all(torch.equal(a, b) for a, b in zip(once, per_pass))
+
+
 def test_the_build_finds_the_interpreters_ninja_first_and_leaves_path_alone(monkeypatch):
     import os
     import sys

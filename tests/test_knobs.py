@@ -5,6 +5,7 @@ import torch
 
 import cocosnet.models.patchmatch as pm
 from cocosnet.config import ConfigError, config_from_dict, read_yaml
+from cocosnet.models import kernels
 from cocosnet.models.cocosnet import CoCosNet
 from cocosnet.models.correspondence import HierarchicalCorrespondence, dense_match, upsample_candidates
 from cocosnet.models.patchmatch import PatchMatchGRU
@@ -64,6 +65,8 @@ def test_random_search_count_and_radius(monkeypatch, samples, radius):
         return original(query, key, coords)
 
     monkeypatch.setattr(pm, "candidate_scores", record)
+    # The tensor iteration, whose candidates can be watched; the CPU kernel equals it exactly (test_kernels.py).
+    monkeypatch.setattr(kernels, "search_applies", lambda *a: False)
     query, key, truth = planted(16, 16, seed=1)
     level = PatchMatchGRU(16, num_candidates=4, iters=1, gru=False, search_radius=radius, search_samples=samples)
     init = coarse_init(truth)

@@ -324,3 +324,40 @@ def test_an_alignment_unet_checkpointed_everywhere_equals_one_checkpointed_nowhe
     # 4 encoder layers, 3 residual blocks, 2 + 3 + 3 block branches (the head has no shortcut), 3 level outputs
     assert results[0][0] == 4 + 3 + 8 + 3 and results[2**62][0] == 0
     _assert_the_same(results, input_atol=1e-5, param_atol=1e-5, buffer_atol=1e-5)
+
+
+def test_instance_norm_keeps_a_channels_last_input_channels_last_with_the_same_values():
+    from cocosnet.models.blocks import InstanceNorm
+
+    x = torch.randn(2, 5, 7, 6) * 3 + 1
+    norm, reference = InstanceNorm(5), torch.nn.InstanceNorm2d(5)
+    assert torch.equal(norm(x), reference(x))  # the plain layout is the built-in norm
+    out = norm(x.contiguous(memory_format=torch.channels_last))
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    torch.testing.assert_close(out, reference(x), rtol=0, atol=1e-5)
+
+
+def test_an_alignment_unet_runs_channels_last_without_autograd_with_the_same_features(monkeypatch):
+    """Forward-only, the U-Net runs channels-last through every layer, SPADE row tiles included; its
+    features equal the plain layout's (with autograd); in float64, so float32 rounding, which the
+    normalisations of a tiny random net amplify to 1e-4, does not hide a wrong value."""
+    from cocosnet.models import blocks, checkpointing
+    from cocosnet.models.align import AlignUNet
+
+    torch.manual_seed(0)
+    unet = AlignUNet(5, (8, 6, 4), match_channels=3, spade_hidden=4).eval().double()
+    x = torch.rand(2, 5, 16, 16, dtype=torch.float64)
+    plain = unet(x)  # with autograd: NCHW, untiled
+    monkeypatch.setattr(checkpointing, "CHECKPOINT_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(blocks, "SPADE_TILE_ELEMENTS", 2 * 4 * 16 * 3)  # 3-row tiles at full resolution
+    convs = []
+    for module in unet.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            # channels innermost (a SPADE's row tiles of a batch of 2 are views with gaps between the images)
+            module.register_forward_pre_hook(lambda m, args: convs.append(args[0].stride(1) == 1))
+    with torch.no_grad():
+        fast = unet(x)
+    assert convs and all(convs)
+    for a, b in zip(fast[0] + fast[1], plain[0] + plain[1]):
+        assert blocks.is_channels_last(a) or min(a.shape[-2:]) == 1
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-12)

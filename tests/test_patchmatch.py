@@ -184,3 +184,20 @@ def test_the_update_checkpoint_threshold_counts_what_an_update_keeps(k):
         update(h, torch.rand(1, k, 16, 16), torch.randn(1, 2 * k, 16, 16))
     per_pixel = sum(storages.values()) / 4 / (16 * 16)
     assert abs(per_pixel - UPDATE_CHANNELS_KEPT) <= 0.1 * per_pixel, per_pixel
+
+
+def test_without_autograd_the_update_runs_channels_last_and_agrees_with_the_plain_one():
+    torch.manual_seed(0)
+    level = PatchMatchGRU(16, iters=1, update_stride=1).eval()
+    h = torch.randn(1, 32, 32, 32)
+    scores = torch.randn(1, 32, 32, 16)
+    offsets = torch.randn(1, 32, 32, 16, 2)
+    formats = []
+    level.update.register_forward_pre_hook(
+        lambda m, args: formats.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    with torch.no_grad():
+        fast = level._update(h, scores, offsets)
+    plain = level._update(h, scores, offsets)  # with autograd: the plain layout
+    assert formats == [True, False]
+    for a, b in zip(fast[:2], plain[:2]):
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-5)

@@ -34,6 +34,26 @@ def centre_and_normalise(x: Tensor, eps: float = 1e-6) -> Tensor:
     return F.normalize(x - x.mean(dim=1, keepdim=True), dim=1, eps=eps)
 
 
+def is_channels_last(x: Tensor) -> bool:
+    """Stored channels-last and not also plain contiguous (C = 1 or 1 x 1 maps are both)."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+class InstanceNorm(nn.InstanceNorm2d):
+    """nn.InstanceNorm2d without affine or running statistics that keeps a channels-last input
+    channels-last: the built-in one returns NCHW, and the convolutions after it would convert back
+    (the alignment U-Nets run channels-last at inference, models/align.py). Equal to float rounding."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, affine=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not is_channels_last(x):
+            return super().forward(x)
+        var, mean = torch.var_mean(x, dim=(2, 3), unbiased=False, keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps)
+
+
 class ReflectionPad(nn.Module):
     """Reflection padding that falls back to replication on maps too small to reflect (1x1 at 1/32)."""
 
@@ -180,8 +200,8 @@ class ResidualBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.body = nn.Sequential(
-            ReflectionPad(1), nn.Conv2d(channels, channels, 3, bias=False), nn.InstanceNorm2d(channels),
-            nn.PReLU(), ReflectionPad(1), nn.Conv2d(channels, channels, 3, bias=False), nn.InstanceNorm2d(channels))
+            ReflectionPad(1), nn.Conv2d(channels, channels, 3, bias=False), InstanceNorm(channels),
+            nn.PReLU(), ReflectionPad(1), nn.Conv2d(channels, channels, 3, bias=False), InstanceNorm(channels))
         self.act = nn.PReLU()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -198,8 +218,7 @@ class ResidualBlock(nn.Module):
 def sn_in_conv(fin: int, fout: int, kernel: int, stride: int = 1, padding: int | None = None) -> nn.Sequential:
     """Spectral-norm conv (no bias) followed by InstanceNorm without affine ('spectralinstance')."""
     pad = kernel // 2 if padding is None else padding
-    return nn.Sequential(spectral_norm(nn.Conv2d(fin, fout, kernel, stride, pad, bias=False)),
-                         nn.InstanceNorm2d(fout, affine=False))
+    return nn.Sequential(spectral_norm(nn.Conv2d(fin, fout, kernel, stride, pad, bias=False)), InstanceNorm(fout))
 
 
 def resize_to(x: Tensor, size: tuple[int, int], mode: str = "nearest") -> Tensor:

@@ -6,6 +6,9 @@
 // nothing of size (B, C, H, W, K) is ever built. Sampling matches
 // F.grid_sample(mode="bilinear", padding_mode="border", align_corners=True) on pixel coordinates,
 // including its gradient convention: a coordinate on or beyond the border gets no gradient.
+//
+// select_top_k: the de-duplicated top-k of each pixel's candidates. search_step: a whole PatchMatch
+// iteration per pixel (new candidates, their scores, the top-k), with no candidate tensor built.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -73,6 +76,18 @@ void check(const torch::Tensor& query, const torch::Tensor& key, const torch::Te
               "query, key and coords must share a dtype");
 }
 
+// One candidate's score; scores_forward and search_step both use it, so they round alike.
+template <typename scalar_t>
+inline scalar_t candidate_score(const scalar_t* qp, const scalar_t* kb, scalar_t x, scalar_t y, int64_t hk, int64_t wk,
+                                int64_t c) {
+  const Corners r = corners(x, y, hk, wk, c);
+  double s = 0.0;
+  for (int i = 0; i < 4; ++i) {
+    if (r.off[i] >= 0 && r.w[i] != 0.0) s += r.w[i] * dot(qp, kb + r.off[i], c);
+  }
+  return static_cast<scalar_t>(s);
+}
+
 }  // namespace
 
 // query (B, H, W, C), key (B, Hk, Wk, C), coords (B, H, W, K, 2) (x, y) -> scores (B, H, W, K)
@@ -92,12 +107,7 @@ torch::Tensor scores_forward(torch::Tensor query, torch::Tensor key, torch::Tens
         const scalar_t* kb = kk + (p / (h * w)) * hk * wk * c;
         for (int64_t j = 0; j < k; ++j) {
           const scalar_t* pos = xy + (p * k + j) * 2;
-          const Corners r = corners(pos[0], pos[1], hk, wk, c);
-          double s = 0.0;
-          for (int i = 0; i < 4; ++i) {
-            if (r.off[i] >= 0 && r.w[i] != 0.0) s += r.w[i] * dot(qp, kb + r.off[i], c);
-          }
-          o[p * k + j] = static_cast<scalar_t>(s);
+          o[p * k + j] = candidate_score(qp, kb, pos[0], pos[1], hk, wk, c);
         }
       }
     });
@@ -160,9 +170,47 @@ std::vector<torch::Tensor> scores_backward(torch::Tensor grad, torch::Tensor que
   return {grad_query, grad_key_parts.sum(0), grad_coords};
 }
 
-// select_top_k: per pixel, drop candidates that share a half-pixel cell with a better-scoring one
-// and keep the best k, best first (ties by position in the list). Where fewer than k cells are
-// distinct, the best of the dropped duplicates fill the rest, as in the tensor version.
+namespace {
+
+// Per pixel: drop candidates that share a half-pixel cell with a better-scoring one and keep the
+// best k, best first (ties by position in the list). Where fewer than k cells are distinct, the best
+// of the dropped duplicates fill the rest, as in the tensor version. s (n), c (n, 2) -> os (k), oc (k, 2).
+template <typename scalar_t>
+struct PixelSelect {
+  std::vector<int64_t> order, kept, dropped;
+  std::vector<std::pair<scalar_t, scalar_t>> cells;
+
+  explicit PixelSelect(int64_t n) : order(n), cells(n) {
+    kept.reserve(n);
+    dropped.reserve(n);
+  }
+
+  void operator()(const scalar_t* s, const scalar_t* c, int64_t n, int64_t k, scalar_t* os, scalar_t* oc) {
+    std::iota(order.begin(), order.begin() + n, 0);
+    // NaN ranks last (a NaN in a comparison would break the sort's ordering).
+    const auto rank = [s](int64_t i) { return std::isnan(s[i]) ? -INFINITY : static_cast<double>(s[i]); };
+    std::stable_sort(order.begin(), order.begin() + n, [&rank](int64_t a, int64_t b) { return rank(a) > rank(b); });
+    for (int64_t i = 0; i < n; ++i) cells[i] = {std::nearbyint(c[2 * i] * 2), std::nearbyint(c[2 * i + 1] * 2)};
+    kept.clear();
+    dropped.clear();
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t i = order[j];
+      bool duplicate = false;
+      for (int64_t other : kept) duplicate = duplicate || cells[other] == cells[i];
+      (duplicate ? dropped : kept).push_back(i);
+      if (static_cast<int64_t>(kept.size()) == k) break;
+    }
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t i = j < static_cast<int64_t>(kept.size()) ? kept[j] : dropped[j - kept.size()];
+      os[j] = s[i];
+      oc[2 * j] = c[2 * i];
+      oc[2 * j + 1] = c[2 * i + 1];
+    }
+  }
+};
+
+}  // namespace
+
 // coords (B, H, W, N, 2), scores (B, H, W, N) -> coords (B, H, W, k, 2), scores (B, H, W, k)
 std::vector<torch::Tensor> select_top_k(torch::Tensor coords, torch::Tensor scores, int64_t k) {
   TORCH_CHECK(coords.dim() == 5 && coords.size(4) == 2 && scores.dim() == 4, "expected coords (B, H, W, N, 2) and scores (B, H, W, N)");
@@ -180,32 +228,73 @@ std::vector<torch::Tensor> select_top_k(torch::Tensor coords, torch::Tensor scor
     scalar_t* oxy = out_coords.data_ptr<scalar_t>();
     scalar_t* osc = out_scores.data_ptr<scalar_t>();
     at::parallel_for(0, pixels, 256, [&](int64_t begin, int64_t end) {
-      std::vector<int64_t> order(n), kept, dropped;
-      std::vector<std::pair<scalar_t, scalar_t>> cells(n);
-      kept.reserve(n);
-      dropped.reserve(n);
+      PixelSelect<scalar_t> select(n);
+      for (int64_t p = begin; p < end; ++p) select(sc + p * n, xy + p * n * 2, n, k, osc + p * k, oxy + p * k * 2);
+    });
+  });
+  return {out_coords, out_scores};
+}
+
+// search_step: one PatchMatch iteration per pixel, without building the candidate tensors: the best m
+// candidates of the 4 neighbours shifted by the step to this pixel (left, right, up, down; at the
+// border a pixel sees itself), the best candidate rounded to the pixel grid, the best candidate plus
+// each jitter, all clamped to the key; these are scored and, with the current k, de-duplicated and cut
+// to the best k. The same candidates, in the same order, with the same scores as
+// patchmatch.search_step's tensor version.
+// query (B, H, W, C), key (B, Hk, Wk, C), coords (B, H, W, K, 2) best first, scores (B, H, W, K),
+// jitter (B, H, W, R, 2) -> coords (B, H, W, K, 2), scores (B, H, W, K)
+std::vector<torch::Tensor> search_step(torch::Tensor query, torch::Tensor key, torch::Tensor coords,
+                                       torch::Tensor scores, torch::Tensor jitter, int64_t m) {
+  check(query, key, coords);
+  TORCH_CHECK(scores.dim() == 4 && coords.sizes().slice(0, 4) == scores.sizes() && scores.is_contiguous() &&
+              scores.scalar_type() == coords.scalar_type(), "scores must be contiguous (B, H, W, K) like coords");
+  TORCH_CHECK(jitter.dim() == 5 && jitter.sizes().slice(0, 3) == coords.sizes().slice(0, 3) && jitter.size(4) == 2 &&
+              jitter.is_contiguous() && jitter.scalar_type() == coords.scalar_type(),
+              "jitter must be contiguous (B, H, W, R, 2) like coords");
+  const int64_t b = query.size(0), h = query.size(1), w = query.size(2), c = query.size(3);
+  const int64_t hk = key.size(1), wk = key.size(2), k = coords.size(3), r = jitter.size(3);
+  TORCH_CHECK(m >= 1 && m <= k, "m must be in [1, K]");
+  const int64_t n = k + 4 * m + 1 + r;
+  auto out_coords = torch::empty_like(coords);
+  auto out_scores = torch::empty_like(scores);
+  AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "search_step", [&] {
+    const scalar_t* q = query.data_ptr<scalar_t>();
+    const scalar_t* kk = key.data_ptr<scalar_t>();
+    const scalar_t* xy = coords.data_ptr<scalar_t>();
+    const scalar_t* sc = scores.data_ptr<scalar_t>();
+    const scalar_t* jt = jitter.data_ptr<scalar_t>();
+    scalar_t* oxy = out_coords.data_ptr<scalar_t>();
+    scalar_t* osc = out_scores.data_ptr<scalar_t>();
+    const scalar_t xmax = static_cast<scalar_t>(wk - 1), ymax = static_cast<scalar_t>(hk - 1);
+    at::parallel_for(0, b * h * w, 64, [&](int64_t begin, int64_t end) {
+      PixelSelect<scalar_t> select(n);
+      std::vector<scalar_t> cand(2 * n), cand_scores(n);
       for (int64_t p = begin; p < end; ++p) {
-        const scalar_t* s = sc + p * n;
-        const scalar_t* c = xy + p * n * 2;
-        std::iota(order.begin(), order.end(), 0);
-        // NaN ranks last (a NaN in a comparison would break the sort's ordering).
-        const auto rank = [s](int64_t i) { return std::isnan(s[i]) ? -INFINITY : static_cast<double>(s[i]); };
-        std::stable_sort(order.begin(), order.end(), [&rank](int64_t a, int64_t b) { return rank(a) > rank(b); });
-        for (int64_t i = 0; i < n; ++i) cells[i] = {std::nearbyint(c[2 * i] * 2), std::nearbyint(c[2 * i + 1] * 2)};
-        kept.clear();
-        dropped.clear();
-        for (int64_t i : order) {
-          bool duplicate = false;
-          for (int64_t j : kept) duplicate = duplicate || cells[j] == cells[i];
-          (duplicate ? dropped : kept).push_back(i);
-          if (static_cast<int64_t>(kept.size()) == k) break;
+        const int64_t bi = p / (h * w), y = (p / w) % h, x = p % w;
+        const scalar_t* qp = q + p * c;
+        const scalar_t* kb = kk + bi * hk * wk * c;
+        std::copy(xy + p * k * 2, xy + (p + 1) * k * 2, cand.begin());
+        std::copy(sc + p * k, sc + (p + 1) * k, cand_scores.begin());
+        int64_t at = k;
+        const auto add = [&](scalar_t cx, scalar_t cy) {
+          cand[2 * at] = std::min(std::max(cx, scalar_t(0)), xmax);
+          cand[2 * at + 1] = std::min(std::max(cy, scalar_t(0)), ymax);
+          ++at;
+        };
+        const int64_t sources[4] = {p - (x > 0 ? 1 : 0), p + (x < w - 1 ? 1 : 0), p - (y > 0 ? w : 0),
+                                    p + (y < h - 1 ? w : 0)};
+        const scalar_t steps[4][2] = {{1, 0}, {-1, 0}, {0, 1}, {0, -1}};
+        for (int d = 0; d < 4; ++d) {
+          for (int64_t j = 0; j < m; ++j) {
+            const scalar_t* s = xy + (sources[d] * k + j) * 2;
+            add(s[0] + steps[d][0], s[1] + steps[d][1]);
+          }
         }
-        for (int64_t j = 0; j < k; ++j) {
-          const int64_t i = j < static_cast<int64_t>(kept.size()) ? kept[j] : dropped[j - kept.size()];
-          osc[p * k + j] = s[i];
-          oxy[(p * k + j) * 2] = c[2 * i];
-          oxy[(p * k + j) * 2 + 1] = c[2 * i + 1];
-        }
+        const scalar_t* best = xy + p * k * 2;
+        add(std::nearbyint(best[0]), std::nearbyint(best[1]));
+        for (int64_t j = 0; j < r; ++j) add(best[0] + jt[(p * r + j) * 2], best[1] + jt[(p * r + j) * 2 + 1]);
+        for (int64_t j = k; j < n; ++j) cand_scores[j] = candidate_score(qp, kb, cand[2 * j], cand[2 * j + 1], hk, wk, c);
+        select(cand_scores.data(), cand.data(), n, k, osc + p * k, oxy + p * k * 2);
       }
     });
   });
@@ -216,4 +305,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("scores_forward", &scores_forward, "fused bilinear sample-and-dot candidate scores");
   m.def("scores_backward", &scores_backward, "gradients of scores_forward");
   m.def("select_top_k", &select_top_k, "de-duplicated top-k of PatchMatch candidates");
+  m.def("search_step", &search_step, "one PatchMatch iteration: candidates, scores and de-duplicated top-k");
 }

@@ -9,6 +9,13 @@ built and backward keeps only its inputs. Results equal the `grid_sample` path t
 `select_top_k`: the de-duplicated top-k of the candidates, one small sort per pixel instead of
 two sorts, a scatter and a top-k over the whole candidate tensor (equal up to the order of ties).
 
+`search_step`: a whole search iteration per pixel (the neighbours' candidates, the rounded best,
+the jittered best, their scores and the top-k), so none of the (B, H, W, N, 2) candidate tensors
+the tensor version concatenates is built. The same candidates, scores and selection.
+
+`search_layout`: the features in the layout the kernels read (channels-last), made once per level
+rather than copied by every score pass.
+
 The kernels are compiled with the machine's C++ compiler through `torch.utils.cpp_extension` the
 first time they are needed (about 30 s; `make` does it at install with `python -m
 cocosnet.models.kernels`) and cached under ~/.cache/torch_extensions (or
@@ -92,9 +99,18 @@ def fused_scores(query: Tensor, key: Tensor, coords: Tensor) -> Tensor:
 
     The same as `(sample_at(key, coords) * query[..., None]).sum(1)`, without the sampled tensor.
     """
-    query_last = query.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C)
+    query_last = query.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C); free after `search_layout`
     key_last = key.permute(0, 2, 3, 1).contiguous()  # (B, Hk, Wk, C)
     return _FusedScores.apply(query_last, key_last, coords.to(query.dtype).contiguous())
+
+
+def search_layout(x: Tensor) -> Tensor:
+    """x (B, C, H, W) stored channels-last when the kernels will read it (a no-op elsewhere). A level
+    calls this once for its query and key: each score pass would otherwise copy both (at 1024^2,
+    2 x 200 MB per pass, about 11 passes per level). Differentiable, values unchanged."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and extension() is not None:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def select_applies(coords: Tensor, scores: Tensor) -> bool:
@@ -109,6 +125,24 @@ def select_top_k(coords: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor
     """coords (B, H, W, N, 2), scores (B, H, W, N) -> the best k with distinct half-pixel cells,
     best first: (B, H, W, k, 2), (B, H, W, k)."""
     out_coords, out_scores = extension().select_top_k(coords, scores, k)
+    return out_coords, out_scores
+
+
+def search_applies(query: Tensor, key: Tensor, coords: Tensor, scores: Tensor) -> bool:
+    """Whether `search_step` handles these: where both `fused_scores` and `select_top_k` do, with the
+    coords in the features' dtype."""
+    return (scores_apply(query, key, coords) and select_applies(coords, scores) and coords.dtype == query.dtype)
+
+
+def search_step(query: Tensor, key: Tensor, coords: Tensor, scores: Tensor, jitter: Tensor,
+                m: int) -> tuple[Tensor, Tensor]:
+    """patchmatch.search_step's iteration in one pass: query (B, C, H, W), key (B, C, Hk, Wk), coords
+    (B, H, W, k, 2) best first with scores (B, H, W, k), jitter (B, H, W, R, 2) (the random samples'
+    offsets from the best candidate), m neighbour candidates per side -> the new top-k coords, scores."""
+    query_last = query.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C); free after `search_layout`
+    key_last = key.permute(0, 2, 3, 1).contiguous()  # (B, Hk, Wk, C)
+    out_coords, out_scores = extension().search_step(query_last, key_last, coords.contiguous(), scores.contiguous(),
+                                                     jitter.contiguous(), m)
     return out_coords, out_scores
 
 

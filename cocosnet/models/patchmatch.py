@@ -82,8 +82,8 @@ def uniform(shape: tuple[int, ...], generator: Generators, like: Tensor) -> Tens
 
 
 def clamp_coords(coords: Tensor, hk: int, wk: int) -> Tensor:
-    limit = coords.new_tensor([wk - 1, hk - 1])
-    return torch.minimum(coords.clamp_min(0.0), limit)
+    """(x, y) positions (..., 2) clamped into a key of (hk, wk), in one pass."""
+    return coords.clamp(min=coords.new_zeros(2), max=coords.new_tensor([wk - 1, hk - 1]))
 
 
 def select_top_k(coords: Tensor, scores: Tensor, k: int, hk: int, wk: int) -> tuple[Tensor, Tensor]:
@@ -130,18 +130,20 @@ def search_step(query: Tensor, key: Tensor, coords: Tensor, scores: Tensor, *, r
 
     coords (B, H, W, k, 2) best first with their scores (B, H, W, k). Random
     samples lie around the best candidate at radii radius, radius/2, ...
-    Runs without gradient.
+    Runs without gradient. On the CPU the iteration is one kernel (models/kernels.py) that builds
+    none of the candidate tensors; the same candidates, scores and selection.
     """
     b, h, w, k, _ = coords.shape
     hk, wk = key.shape[-2:]
     with torch.no_grad():
         m = max(1, k // 16)
         radii = radius * 0.5 ** torch.arange(num_random, device=coords.device, dtype=coords.dtype)
-        noise = uniform((b, h, w, num_random, 2), generator, coords) * 2 - 1
+        jitter = (uniform((b, h, w, num_random, 2), generator, coords) * 2 - 1) * radii[:, None]
+        if kernels.search_applies(query, key, coords, scores):
+            return kernels.search_step(query, key, coords, scores.detach(), jitter, m)
         best = coords[..., :1, :]
         # The best candidate snapped to the pixel grid: exact matches sit on it.
-        new = torch.cat([_neighbour_candidates(coords, m), torch.round(best),
-                         best + noise * radii[:, None]], dim=3)
+        new = torch.cat([_neighbour_candidates(coords, m), torch.round(best), best + jitter], dim=3)
         new = clamp_coords(new, hk, wk)
         all_coords = torch.cat([coords, new], dim=3)
         all_scores = torch.cat([scores.detach(), candidate_scores(query, key, new)], dim=3)
@@ -186,6 +188,7 @@ def patch_match(query: Tensor, key: Tensor, *, k: int = 16, iters: int = 5, init
     if query.dim() != 4 or key.dim() != 4 or query.shape[:2] != key.shape[:2]:
         raise ValueError(f"query and key must be (B, C, H, W) with equal B and C, got "
                          f"{tuple(query.shape)} and {tuple(key.shape)}")
+    query, key = kernels.search_layout(query), kernels.search_layout(key)
     coords, scores, radius = initial_candidates(query, key, k, init, generator)
     for it in range(iters):
         coords, scores = search_step(query, key, coords, scores, radius=radius * 0.5 ** it, generator=generator)
@@ -248,6 +251,10 @@ class PatchMatchGRU(nn.Module):
         if self.training and torch.is_grad_enabled():
             kept = h.numel() // h.shape[1] * UPDATE_CHANNELS_KEPT  # the update's activations per pixel
             h, delta, bias = maybe_checkpoint(self.update, h, corr, flow, elements=kept)
+        elif not torch.is_grad_enabled() and h.device.type == "cpu":
+            # Channels-last convolutions are about 30% faster forward here at 512^2 (equal to 1e-6), but
+            # slower backward, so only without autograd (docs/performance.md).
+            h, delta, bias = self.update(*(t.contiguous(memory_format=torch.channels_last) for t in (h, corr, flow)))
         else:
             h, delta, bias = self.update(h, corr, flow)
         if self.stride > 1:
@@ -266,12 +273,14 @@ class PatchMatchGRU(nn.Module):
         """
         b, _, h, w = query.shape
         hk, wk = key.shape[-2:]
-        coords, scores, radius = initial_candidates(query, key, self.k, init, generator, radius=self.search_radius)
+        q_search, k_search = kernels.search_layout(query), kernels.search_layout(key)  # read by every score pass
+        coords, scores, radius = initial_candidates(q_search, k_search, self.k, init, generator,
+                                                    radius=self.search_radius)
         if self.gru:
             hidden = self.hidden_init(self._pool(torch.cat([query, sample_at(key, coords[..., :1, :])[..., 0]], 1)))
             grid = pixel_grid(b, h, w, query.device, query.dtype) * query.new_tensor([wk / w, hk / h])
         for it in range(self.iters):
-            searched, scores = search_step(query, key, coords.detach(), scores, radius=radius * 0.5 ** it,
+            searched, scores = search_step(q_search, k_search, coords.detach(), scores, radius=radius * 0.5 ** it,
                                            num_random=self.search_samples, generator=generator)
             if not self.gru:
                 coords = searched
@@ -280,9 +289,9 @@ class PatchMatchGRU(nn.Module):
             coords = clamp_coords(searched + delta, hk, wk)
             if it < self.iters - 1:  # the last positions are scored once, below
                 with torch.no_grad():
-                    scores = candidate_scores(query, key, coords)
+                    scores = candidate_scores(q_search, k_search, coords)
         if (self.gru and self.iters > 0) or torch.is_grad_enabled():  # else the search's scores are current
-            scores = candidate_scores(query, key, coords)
+            scores = candidate_scores(q_search, k_search, coords)
         if self.rerank:
             scores = scores + bias  # the last update's bias, in the order of its candidates
         scores, order = scores.sort(dim=-1, descending=True)
