@@ -99,9 +99,12 @@ def fused_scores(query: Tensor, key: Tensor, coords: Tensor) -> Tensor:
 
     The same as `(sample_at(key, coords) * query[..., None]).sum(1)`, without the sampled tensor.
     """
-    query_last = query.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C); free after `search_layout`
-    key_last = key.permute(0, 2, 3, 1).contiguous()  # (B, Hk, Wk, C)
-    return _FusedScores.apply(query_last, key_last, coords.to(query.dtype).contiguous())
+    return _FusedScores.apply(_channels_innermost(query), _channels_innermost(key), coords.to(query.dtype).contiguous())
+
+
+def _channels_innermost(x: Tensor) -> Tensor:
+    """(B, C, H, W) -> the contiguous (B, H, W, C) the kernels read; free after `search_layout`."""
+    return x.permute(0, 2, 3, 1).contiguous()
 
 
 def search_layout(x: Tensor) -> Tensor:
@@ -124,8 +127,7 @@ def select_applies(coords: Tensor, scores: Tensor) -> bool:
 def select_top_k(coords: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """coords (B, H, W, N, 2), scores (B, H, W, N) -> the best k with distinct half-pixel cells,
     best first: (B, H, W, k, 2), (B, H, W, k)."""
-    out_coords, out_scores = extension().select_top_k(coords, scores, k)
-    return out_coords, out_scores
+    return tuple(extension().select_top_k(coords, scores, k))
 
 
 def search_applies(query: Tensor, key: Tensor, coords: Tensor, scores: Tensor) -> bool:
@@ -139,11 +141,8 @@ def search_step(query: Tensor, key: Tensor, coords: Tensor, scores: Tensor, jitt
     """patchmatch.search_step's iteration in one pass: query (B, C, H, W), key (B, C, Hk, Wk), coords
     (B, H, W, k, 2) best first with scores (B, H, W, k), jitter (B, H, W, R, 2) (the random samples'
     offsets from the best candidate), m neighbour candidates per side -> the new top-k coords, scores."""
-    query_last = query.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C); free after `search_layout`
-    key_last = key.permute(0, 2, 3, 1).contiguous()  # (B, Hk, Wk, C)
-    out_coords, out_scores = extension().search_step(query_last, key_last, coords.contiguous(), scores.contiguous(),
-                                                     jitter.contiguous(), m)
-    return out_coords, out_scores
+    return tuple(extension().search_step(_channels_innermost(query), _channels_innermost(key), coords.contiguous(),
+                                         scores.contiguous(), jitter.contiguous(), m))
 
 
 def main() -> None:
