@@ -239,3 +239,38 @@ def test_the_build_finds_the_interpreters_ninja_first_and_leaves_path_alone(monk
         kernels.extension.cache_clear()
     assert seen == [os.pathsep.join([str(Path(sys.executable).parent), "/somewhere/else"])]
     assert os.environ["PATH"] == "/somewhere/else"
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.float64, 1e-12)])
+def test_weighted_samples_equal_the_grid_sample_warp(dtype, tol):
+    """A level's warp (softmax-weighted colours at the candidates) and the GRU's first input (one
+    candidate, weight 1): positions inside, outside, on the border and on integers; a batch of 2."""
+    _, key, coords = inputs(dtype, seed=5)
+    weights = torch.softmax(torch.randn(coords.shape[:4], dtype=dtype), dim=-1)
+    for source in (key, key[:, :3] * 4):
+        fast = kernels.weighted_samples(source, coords, weights)
+        assert fast.shape == (2, source.shape[1], 9, 11) and fast.stride(1) == 1
+        torch.testing.assert_close(fast, (sample_at(source, coords) * weights[:, None]).sum(-1), atol=tol, rtol=0)
+    one = coords[..., 2:3, :]
+    torch.testing.assert_close(kernels.weighted_samples(key, one, torch.ones(one.shape[:4], dtype=dtype)),
+                               sample_at(key, one)[..., 0], atol=tol, rtol=0)
+
+
+def test_weighted_sample_takes_the_kernel_only_without_autograd(monkeypatch):
+    _, key, coords = inputs(torch.float32, seed=6)
+    weights = torch.rand(coords.shape[:4])
+    calls = []
+    real = kernels.weighted_samples
+    monkeypatch.setattr(kernels, "weighted_samples", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        fast = patchmatch.weighted_sample(key, coords, weights)
+    assert calls == [1]
+    slow = patchmatch.weighted_sample(key.requires_grad_(), coords, weights)  # the warp loss needs this gradient
+    assert calls == [1] and slow.requires_grad
+    torch.testing.assert_close(fast, slow.detach(), atol=1e-6, rtol=0)
+
+
+def test_weighted_samples_reject_mismatched_shapes():
+    _, key, coords = inputs(torch.float32)
+    with pytest.raises(RuntimeError, match="weights"):
+        kernels.weighted_samples(key, coords, torch.rand(2, 9, 11, 5))

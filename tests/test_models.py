@@ -262,8 +262,10 @@ def test_large_spade_calls_without_autograd_run_in_row_tiles_with_the_same_outpu
     from cocosnet.models import blocks, checkpointing
 
     torch.manual_seed(0)
-    block = SPADEResBlock(6, 4, 20, spade_hidden=8).eval()  # eval: no power iteration between the calls
-    x, seg = torch.randn(2, 6, *size), torch.rand(2, 20, 5, 5)
+    # eval: no power iteration between the calls; float64, so the tiles' other rounding (the gamma conv
+    # adds its 1 in the bias) is not amplified by the tiny block's normalisations into 1e-5
+    block = SPADEResBlock(6, 4, 20, spade_hidden=8).eval().double()
+    x, seg = torch.randn(2, 6, *size, dtype=torch.float64), torch.rand(2, 20, 5, 5, dtype=torch.float64)
     tile_rows = []
     real = blocks.SPADE._modulate_tiled
 
@@ -280,7 +282,7 @@ def test_large_spade_calls_without_autograd_run_in_row_tiles_with_the_same_outpu
         monkeypatch.setattr(blocks, "SPADE_TILE_ELEMENTS", 3 * 2 * 8 * size[1])  # 3 rows of (B, hidden, W)
         tiled = block(x, seg)
     assert tile_rows == [3, 3, 3]  # norm_s, norm_0, norm_1; the last tile of 10 rows has 1 row
-    torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-6)
+    torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-12)
 
 
 def test_large_residual_blocks_are_checkpointed_with_the_same_output_and_gradients(monkeypatch):
@@ -324,6 +326,22 @@ def test_an_alignment_unet_checkpointed_everywhere_equals_one_checkpointed_nowhe
     # 4 encoder layers, 3 residual blocks, 2 + 3 + 3 block branches (the head has no shortcut), 3 level outputs
     assert results[0][0] == 4 + 3 + 8 + 3 and results[2**62][0] == 0
     _assert_the_same(results, input_atol=1e-5, param_atol=1e-5, buffer_atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_positional_norm_of_a_channels_last_map_is_the_official_pono(dtype, atol):
+    """The channels-last form (a rescaled layer_norm) equals the official per-pixel formula: unbiased
+    variance, eps 1e-8 added to it; a constant pixel (variance 0) stays finite."""
+    from cocosnet.models.blocks import positional_norm
+
+    x = torch.randn(2, 5, 7, 6, dtype=dtype) * 3 + 1
+    x[1, :, 2, 3] = 0.25
+    centred = x - x.mean(dim=1, keepdim=True)
+    official = centred / (x.var(dim=1, keepdim=True, unbiased=True) + 1e-8).sqrt()
+    out = positional_norm(x.contiguous(memory_format=torch.channels_last))
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    torch.testing.assert_close(out, official, rtol=0, atol=atol)
+    torch.testing.assert_close(positional_norm(x), official, rtol=0, atol=atol)
 
 
 def test_instance_norm_keeps_a_channels_last_input_channels_last_with_the_same_values():

@@ -56,6 +56,20 @@ def test_the_similarity_mixes_learned_and_geometry_by_the_weight():
     assert torch.allclose(mixed_a.norm(dim=1), torch.ones(2, 8, 8), atol=1e-5)
 
 
+def test_channels_last_features_get_channels_last_geometry_with_the_same_values():
+    """Forward-only features arrive channels-last; the mixed features keep that layout (no copy before the
+    search) and equal the plain layout's, at every level, pooled or not (16 -> 8 -> 4, and 6 from 16)."""
+    g = torch.Generator().manual_seed(1)
+    label = torch.rand(2, 20, 16, 16, generator=g)
+    plain = [F.normalize(torch.randn(2, 5, s, s, generator=g), dim=1) for s in (4, 6, 8, 16)]
+    geometry = PoseGeometry(4, weight=1.3, sharpness=20.0)
+    want = geometry(plain, label)
+    got = geometry([f.contiguous(memory_format=torch.channels_last) for f in plain], label)
+    for a, b in zip(got, want):
+        assert a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous()
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
 def test_weight_zero_is_the_official_matching_and_a_positive_weight_learns():
     base = corr_config(pose_geometry=0.0)
     off = CoCosNet.from_config(base)

@@ -18,7 +18,13 @@ def positional_norm(x: Tensor, eps: float = 1e-8) -> Tensor:
     """PONO: normalise each pixel over its channels (mean 0, unit std), with the unbiased variance and
     eps 1e-8 as the official code (which the official weights need). The variance is written out
     rather than `var(dim=1)`, whose reduction across the channel stride is about 2x slower on CPU
-    (equal to float rounding)."""
+    (equal to float rounding). A channels-last map, whose channels are innermost, is one `layer_norm`
+    over them instead: the same normalisation rescaled, one pass rather than six (docs/performance.md)."""
+    if is_channels_last(x) and x.shape[1] > 1:
+        c = x.shape[1]
+        # (x - mean) / sqrt(var_b * c / (c - 1) + eps) = sqrt((c - 1) / c) * (x - mean) / sqrt(var_b + eps')
+        scale = x.new_full((c,), ((c - 1) / c) ** 0.5)
+        return F.layer_norm(x.permute(0, 2, 3, 1), (c,), scale, None, eps * (c - 1) / c).permute(0, 3, 1, 2)
     centred = x - x.mean(dim=1, keepdim=True)
     var = centred.square().sum(dim=1, keepdim=True) / (x.shape[1] - 1)
     return centred / (var + eps).sqrt()
@@ -42,7 +48,9 @@ def is_channels_last(x: Tensor) -> bool:
 class InstanceNorm(nn.InstanceNorm2d):
     """nn.InstanceNorm2d without affine or running statistics that keeps a channels-last input
     channels-last: the built-in one returns NCHW, and the convolutions after it would convert back
-    (the alignment U-Nets run channels-last at inference, models/align.py). Equal to float rounding."""
+    (the alignment U-Nets run channels-last at inference, models/align.py). Equal to float rounding.
+    Its statistics are means, not `var_mean`, whose one-pass reduction over a channels-last map's
+    spatial dims runs at about 1 GB/s here, 20x slower than a sum over them (docs/performance.md)."""
 
     def __init__(self, channels: int):
         super().__init__(channels, affine=False)
@@ -50,8 +58,9 @@ class InstanceNorm(nn.InstanceNorm2d):
     def forward(self, x: Tensor) -> Tensor:
         if not is_channels_last(x):
             return super().forward(x)
-        var, mean = torch.var_mean(x, dim=(2, 3), unbiased=False, keepdim=True)
-        return (x - mean) * torch.rsqrt(var + self.eps)
+        centred = x - x.mean(dim=(2, 3), keepdim=True)
+        scale = torch.rsqrt(centred.square().mean(dim=(2, 3), keepdim=True) + self.eps)
+        return centred * scale if torch.is_grad_enabled() else centred.mul_(scale)
 
 
 class ReflectionPad(nn.Module):
@@ -84,7 +93,7 @@ class SPADE(nn.Module):
         keep for backward, so large calls are checkpointed (models/checkpointing.py); there is no
         spectral norm or randomness inside, so the recomputation is exact. Without autograd, large
         calls run in row tiles (`_modulate_tiled`), so no full-size hidden map exists at all."""
-        seg = F.interpolate(seg, size=x.shape[-2:], mode="nearest")
+        seg = resize_to(seg, tuple(x.shape[-2:]))
         hidden = seg.shape[0] * self.shared[0].out_channels * seg.shape[-2] * seg.shape[-1]
         large = hidden * 3 >= checkpointing.CHECKPOINT_MIN_ELEMENTS and min(x.shape[-2:]) > 1
         if large and not torch.is_grad_enabled():
@@ -99,9 +108,13 @@ class SPADE(nn.Module):
         """`_modulate` `rows` output rows at a time (rows >= 2, maps of at least 2 x 2): each tile computes
         the hidden rows it reads, one beyond each side, and reflects them at the map's top and bottom
         as the whole-map padding does. Equal to `_modulate` up to float rounding."""
-        height = x.shape[-2]
+        height, c = x.shape[-2], x.shape[1]
         seg = self.pad(seg)  # (B, L, H + 2, W + 2)
         out = positional_norm(x)
+        # gamma and beta as one convolution (2C outputs run faster than two of C here), the 1 of
+        # (1 + gamma) in its bias
+        weight = torch.cat([self.gamma.weight, self.beta.weight])
+        bias = torch.cat([self.gamma.bias + 1, self.beta.bias])
         for top in range(0, height, rows):
             bottom = min(top + rows, height)
             first, last = max(top - 1, 0), min(bottom + 1, height)  # hidden rows this tile reads
@@ -111,7 +124,8 @@ class SPADE(nn.Module):
             if bottom == height:
                 act = torch.cat([act, act[:, :, -2:-1]], dim=2)
             tile = out[:, :, top:bottom]  # (B, C, rows, W), a view: modulated in place
-            tile.mul_(1 + self.gamma(act)).add_(self.beta(act))
+            scale, shift = F.conv2d(act, weight, bias).split(c, dim=1)
+            torch.addcmul(shift, tile, scale, out=tile)
         return out
 
 
@@ -185,7 +199,9 @@ class SPADEResBlock(nn.Module):
 
 def _spade_branch(norm: SPADE, conv: nn.Sequential, act: bool, x: Tensor, seg: Tensor, weight: Tensor) -> Tensor:
     h = norm(x, seg)
-    return _padded_conv(conv, F.leaky_relu(h, 0.2) if act else h, weight)
+    if act:  # in place without autograd: one full-size map fewer to allocate (and fault in) at 1024^2
+        h = F.leaky_relu(h, 0.2) if torch.is_grad_enabled() else F.leaky_relu_(h, 0.2)
+    return _padded_conv(conv, h, weight)
 
 
 RESIDUAL_MAPS_KEPT = 8  # input-sized maps a ResidualBlock keeps for backward (pads, convs, norms, PReLUs)

@@ -9,13 +9,13 @@
 //
 // select_top_k: the de-duplicated top-k of each pixel's candidates. search_step: a whole PatchMatch
 // iteration per pixel (new candidates, their scores, the top-k), with no candidate tensor built.
+// weighted_samples: a weighted sum of bilinear samples at each pixel's candidates (the warp).
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
 #include <vector>
 
 namespace {
@@ -175,21 +175,27 @@ namespace {
 // Per pixel: drop candidates that share a half-pixel cell with a better-scoring one and keep the
 // best k, best first (ties by position in the list). Where fewer than k cells are distinct, the best
 // of the dropped duplicates fill the rest, as in the tensor version. s (n), c (n, 2) -> os (k), oc (k, 2).
+// The order is a stable sort by score, best first; an insertion sort into buffers made once per
+// thread, since std::stable_sort allocates a buffer on every call (one per pixel).
 template <typename scalar_t>
 struct PixelSelect {
   std::vector<int64_t> order, kept, dropped;
+  std::vector<double> ranks;
   std::vector<std::pair<scalar_t, scalar_t>> cells;
 
-  explicit PixelSelect(int64_t n) : order(n), cells(n) {
+  explicit PixelSelect(int64_t n) : order(n), ranks(n), cells(n) {
     kept.reserve(n);
     dropped.reserve(n);
   }
 
   void operator()(const scalar_t* s, const scalar_t* c, int64_t n, int64_t k, scalar_t* os, scalar_t* oc) {
-    std::iota(order.begin(), order.begin() + n, 0);
     // NaN ranks last (a NaN in a comparison would break the sort's ordering).
-    const auto rank = [s](int64_t i) { return std::isnan(s[i]) ? -INFINITY : static_cast<double>(s[i]); };
-    std::stable_sort(order.begin(), order.begin() + n, [&rank](int64_t a, int64_t b) { return rank(a) > rank(b); });
+    for (int64_t i = 0; i < n; ++i) ranks[i] = std::isnan(s[i]) ? -INFINITY : static_cast<double>(s[i]);
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t j = i;
+      for (; j > 0 && ranks[order[j - 1]] < ranks[i]; --j) order[j] = order[j - 1];  // ties keep list order
+      order[j] = i;
+    }
     for (int64_t i = 0; i < n; ++i) cells[i] = {std::nearbyint(c[2 * i] * 2), std::nearbyint(c[2 * i + 1] * 2)};
     kept.clear();
     dropped.clear();
@@ -301,9 +307,51 @@ std::vector<torch::Tensor> search_step(torch::Tensor query, torch::Tensor key, t
   return {out_coords, out_scores};
 }
 
+// weighted_samples: sum_k weights[b, y, x, k] * bilinear(source[b], coords[b, y, x, k]) per pixel, sampled
+// as scores_forward samples (grid_sample's border clamping, align_corners); forward only (a level's
+// warp and the GRU's first input without autograd), with nothing of size (B, C, H, W, K) built.
+// source (B, Hk, Wk, C), coords (B, H, W, K, 2), weights (B, H, W, K) -> (B, H, W, C)
+torch::Tensor weighted_samples(torch::Tensor source, torch::Tensor coords, torch::Tensor weights) {
+  TORCH_CHECK(source.dim() == 4 && coords.dim() == 5 && coords.size(4) == 2 && weights.dim() == 4 &&
+              coords.size(0) == source.size(0) && coords.sizes().slice(0, 4) == weights.sizes(),
+              "expected source (B, Hk, Wk, C), coords (B, H, W, K, 2), weights (B, H, W, K)");
+  TORCH_CHECK(source.is_contiguous() && coords.is_contiguous() && weights.is_contiguous(), "inputs must be contiguous");
+  TORCH_CHECK(source.scalar_type() == coords.scalar_type() && source.scalar_type() == weights.scalar_type(),
+              "source, coords and weights must share a dtype");
+  const int64_t b = coords.size(0), h = coords.size(1), w = coords.size(2), k = coords.size(3);
+  const int64_t hk = source.size(1), wk = source.size(2), c = source.size(3);
+  auto out = torch::empty({b, h, w, c}, source.options());
+  AT_DISPATCH_FLOATING_TYPES(source.scalar_type(), "weighted_samples", [&] {
+    const scalar_t* src = source.data_ptr<scalar_t>();
+    const scalar_t* xy = coords.data_ptr<scalar_t>();
+    const scalar_t* wt = weights.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, b * h * w, 64, [&](int64_t begin, int64_t end) {
+      std::vector<double> acc(c);
+      for (int64_t p = begin; p < end; ++p) {
+        const scalar_t* sb = src + (p / (h * w)) * hk * wk * c;
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (int64_t j = 0; j < k; ++j) {
+          const scalar_t* pos = xy + (p * k + j) * 2;
+          const Corners r = corners(pos[0], pos[1], hk, wk, c);
+          for (int i = 0; i < 4; ++i) {
+            const double weight = wt[p * k + j] * r.w[i];
+            if (r.off[i] < 0 || weight == 0.0) continue;
+            const scalar_t* v = sb + r.off[i];
+            for (int64_t ch = 0; ch < c; ++ch) acc[ch] += weight * v[ch];
+          }
+        }
+        for (int64_t ch = 0; ch < c; ++ch) o[p * c + ch] = static_cast<scalar_t>(acc[ch]);
+      }
+    });
+  });
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("scores_forward", &scores_forward, "fused bilinear sample-and-dot candidate scores");
   m.def("scores_backward", &scores_backward, "gradients of scores_forward");
   m.def("select_top_k", &select_top_k, "de-duplicated top-k of PatchMatch candidates");
   m.def("search_step", &search_step, "one PatchMatch iteration: candidates, scores and de-duplicated top-k");
+  m.def("weighted_samples", &weighted_samples, "weighted sum of bilinear samples at each pixel's candidates");
 }

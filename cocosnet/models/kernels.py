@@ -13,6 +13,10 @@ two sorts, a scatter and a top-k over the whole candidate tensor (equal up to th
 the jittered best, their scores and the top-k), so none of the (B, H, W, N, 2) candidate tensors
 the tensor version concatenates is built. The same candidates, scores and selection.
 
+`weighted_samples`: a weighted sum of bilinear samples at each pixel's candidates (a level's warp, and
+its best candidate's features for the GRU), forward only: the same values as `grid_sample`, nothing of
+size (B, C, H, W, K) built.
+
 `search_layout`: the features in the layout the kernels read (channels-last), made once per level
 rather than copied by every score pass.
 
@@ -143,6 +147,22 @@ def search_step(query: Tensor, key: Tensor, coords: Tensor, scores: Tensor, jitt
     offsets from the best candidate), m neighbour candidates per side -> the new top-k coords, scores."""
     return tuple(extension().search_step(_channels_innermost(query), _channels_innermost(key), coords.contiguous(),
                                          scores.contiguous(), jitter.contiguous(), m))
+
+
+def samples_apply(source: Tensor, coords: Tensor, weights: Tensor) -> bool:
+    """Whether `weighted_samples` handles these: CPU, one float32/float64 dtype, no gradient wanted."""
+    tensors = (source, coords, weights)
+    return (all(t.device.type == "cpu" and t.dtype == source.dtype for t in tensors)
+            and source.dtype in (torch.float32, torch.float64)
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) and extension() is not None)
+
+
+def weighted_samples(source: Tensor, coords: Tensor, weights: Tensor) -> Tensor:
+    """source (B, C, Hk, Wk), coords (B, H, W, K, 2) (x, y) in source pixels, weights (B, H, W, K) ->
+    (B, C, H, W) channels-last: sum_k weights[..., k] * the bilinear sample at coords[..., k, :], as
+    `(patchmatch.sample_at(source, coords) * weights[:, None]).sum(-1)` computes it, without the samples."""
+    out = extension().weighted_samples(_channels_innermost(source), coords.contiguous(), weights.contiguous())
+    return out.permute(0, 3, 1, 2)
 
 
 def main() -> None:

@@ -23,12 +23,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cocosnet.data.pose import NUM_LIMBS_DRAWN
+from cocosnet.models.blocks import is_channels_last, resize_to
 
 
-def geometry_features(label: Tensor, sizes: list[tuple[int, int]], sharpness: float) -> list[Tensor]:
-    """label (B, 3 + limbs, H, W) in [0, 1] -> per size (B, limbs, h, w), area-pooled, L2-normalised."""
-    near = torch.exp(-sharpness * label[:, -NUM_LIMBS_DRAWN:])
-    return [F.normalize(F.adaptive_avg_pool2d(near, size), dim=1) for size in sizes]
+def geometry_features(label: Tensor, sizes: list[tuple[int, int]], sharpness: float, *,
+                      channels_last: bool = False) -> list[Tensor]:
+    """label (B, 3 + limbs, H, W) in [0, 1] -> per size (B, limbs, h, w), area-pooled, L2-normalised;
+    stored channels-last with `channels_last` (to join features in that layout without a copy)."""
+    limbs = label[:, -NUM_LIMBS_DRAWN:]
+    if channels_last:
+        limbs = limbs.contiguous(memory_format=torch.channels_last)
+    near = torch.exp(-sharpness * limbs)
+    return [F.normalize(resize_to(near, size, "area"), dim=1) for size in sizes]
 
 
 class PoseGeometry(nn.Module):
@@ -39,7 +45,10 @@ class PoseGeometry(nn.Module):
 
     def forward(self, feats: list[Tensor], label: Tensor) -> list[Tensor]:
         """feats: L2-normalised matching features per level (B, C, h, w), coarse to fine; label (B, 20, H, W)."""
-        geometry = geometry_features(label, [tuple(f.shape[-2:]) for f in feats], self.sharpness)
+        # Forward-only features arrive channels-last (models/align.py); geometry in the same layout keeps the
+        # concatenation, and the search that reads it, free of layout copies.
+        geometry = geometry_features(label, [tuple(f.shape[-2:]) for f in feats], self.sharpness,
+                                     channels_last=is_channels_last(feats[-1]))
         weights = self.log_weight.exp()
         return [F.normalize(torch.cat([f, w * g.to(f.dtype)], dim=1), dim=1)
                 for f, g, w in zip(feats, geometry, weights)]
