@@ -274,3 +274,30 @@ def test_weighted_samples_reject_mismatched_shapes():
     _, key, coords = inputs(torch.float32)
     with pytest.raises(RuntimeError, match="weights"):
         kernels.weighted_samples(key, coords, torch.rand(2, 9, 11, 5))
+
+
+@pytest.mark.parametrize("b", [1, 2])
+def test_a_level_without_autograd_equals_its_tensor_sampling(monkeypatch, b):
+    """The warp and the GRU's first input from `weighted_samples`, the offsets pooled from their
+    channels-last view: the level's coords, scores and warp equal the `grid_sample` path's (float64, so
+    rounding cannot flip a near-tie in the search), for one image and for a batch."""
+    from cocosnet.models.patchmatch import PatchMatchGRU
+
+    torch.manual_seed(0)
+    level = PatchMatchGRU(6, num_candidates=4, iters=2, hidden_dim=8).eval().double()
+    query, key = (F.normalize(torch.randn(b, 6, 10, 12, dtype=torch.float64), dim=1) for _ in range(2))
+    colors = torch.rand(b, 3, 10, 12, dtype=torch.float64)
+
+    def run():
+        with torch.no_grad():
+            return level(query, key, colors, generator=torch.Generator().manual_seed(1))
+
+    calls = []
+    real = kernels.weighted_samples
+    monkeypatch.setattr(kernels, "weighted_samples", lambda *a: calls.append(1) or real(*a))
+    fast = run()
+    assert len(calls) == 2  # the GRU's first input and the warp
+    monkeypatch.setattr(kernels, "samples_apply", lambda *a: False)
+    slow = run()
+    for got, want in zip(fast, slow):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
