@@ -27,6 +27,7 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -m cocosnet.models.kernels
+	$(PY) -m cocosnet.models.cpu_allocator
 	touch $(STAMP)
 
 pipeline: $(STAMP)

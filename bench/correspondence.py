@@ -64,10 +64,12 @@ def benchmarked_level(channels: int):
 def child(kind: str, size: int, repeats: int, device: str, channels: int) -> dict:
     import torch
 
+    from cocosnet.models import cpu_allocator
     from cocosnet.models.kernels import extension
     from cocosnet.models.patchmatch import patch_match
 
     extension()  # build or load the CPU kernels before any timing
+    cpu_allocator.install(device)  # as the stages and the `cocosnet` command do
     query, key, colors, init = level_inputs(size, channels, device)
     if kind == "patchmatch":
         level = benchmarked_level(channels).to(device)

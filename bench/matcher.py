@@ -34,11 +34,13 @@ def child(mode: str, size: int, *, profile: str, device: str, batch: int, amp: s
           warmup: int) -> dict:
     import torch
 
+    from cocosnet.models import cpu_allocator
     from cocosnet.models.cocosnet import CoCosNet
     from cocosnet.models.kernels import extension
     from cocosnet.train.trainer import CorrespondenceTrainer, sample_generators
 
     extension()  # build or load the CPU kernels before any timing
+    cpu_allocator.install(device)  # as the stages and the `cocosnet` command do
 
     cfg = bench_config(profile)
     torch.manual_seed(0)

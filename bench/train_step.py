@@ -145,11 +145,13 @@ def child(size: int, *, profile: str, device: str, batch: int, amp: str, repeats
     import torch
 
     from cocosnet.losses.vgg import load_vgg19
+    from cocosnet.models import cpu_allocator
     from cocosnet.models.cocosnet import CoCosNet, build_discriminator
     from cocosnet.models.kernels import extension
     from cocosnet.train.trainer import GanTrainer
 
     extension()  # build or load the CPU kernels before any timing
+    cpu_allocator.install(device)  # as the stages and the `cocosnet` command do
 
     cfg = bench_config(profile)
     torch.manual_seed(0)

@@ -58,6 +58,7 @@ def import_official(args: argparse.Namespace) -> None:
 
 def generate(args: argparse.Namespace) -> None:
     from cocosnet.generate import generate_one, load_model_file, run_pairs, save_png
+    from cocosnet.models import cpu_allocator
 
     single = [args.exemplar, args.exemplar_pose, args.pose, args.out]
     if args.pairs is None and not all(single):
@@ -69,6 +70,7 @@ def generate(args: argparse.Namespace) -> None:
 
         if not torch.cuda.is_available():
             raise UsageError(f"--device {args.device}: no CUDA device here; leave --device out to run on CPU")
+    cpu_allocator.install(args.device)
     model, cfg = load_model_file(args.model, args.device)
     size = tuple(args.size) if args.size else None
     if args.pairs is None:

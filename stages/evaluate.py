@@ -11,6 +11,7 @@ import torch
 from cocosnet.evaluate import evaluate
 from cocosnet.io import atomic_save, atomic_write_json, sha256_file
 from cocosnet.metrics.schema import flat_metrics
+from cocosnet.models import cpu_allocator
 from cocosnet.models.cocosnet import CoCosNet
 from cocosnet.report import correspondence_plot, loss_plot, read_losses, write_report
 from cocosnet.tracking import Tracker
@@ -22,6 +23,7 @@ GRID_CAPTION = "columns: exemplar | pose | warp at each level (coarse to fine) |
 
 def main(cfg, args) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cpu_allocator.install(device)
     model_path = Path(args.model)
     trained, ckpt = load_model(model_path, cfg)
     torch.manual_seed(cfg.eval.seed)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from cocosnet.config import Config
+from cocosnet.models import cpu_allocator
 from cocosnet.tracking import Tracker
 from cocosnet.train.distributed import setup, teardown
 from cocosnet.train.inputs import StageSpec
@@ -15,6 +16,7 @@ from cocosnet.train.loop import RunPaths, run_training
 
 def train_stage(cfg: Config, spec: StageSpec, paths: RunPaths) -> None:
     info = setup()
+    cpu_allocator.install(info.device)
     try:
         table = pd.read_parquet(Path(cfg.data.processed) / "pairs.parquet")
         with Tracker(cfg, spec.name, device=str(info.device), enabled=info.is_main) as tracker:

@@ -50,16 +50,22 @@ def extension():
     if os.environ.get(ENV, "1") == "0":
         return None
     try:
-        from torch.utils.cpp_extension import load
-
-        with _pinned_ninja_first():
-            return load(name="cocosnet_patchmatch_kernels", sources=[str(SOURCE)], verbose=False,
-                        extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"])
+        return build_extension("cocosnet_patchmatch_kernels", SOURCE, openmp=True)
     except Exception as error:  # no compiler, no headers, a failed build: the slow path still works
         warnings.warn(f"{SOURCE.name}: the PatchMatch CPU kernels could not be built ({error}); "
                       f"using the slower tensor versions. Set {ENV}=0 to skip the attempt.", RuntimeWarning,
                       stacklevel=2)
         return None
+
+
+def build_extension(name: str, source: Path, *, openmp: bool = False):
+    """Compile (or load from the cache) one C++ source as a Python module, with -O3."""
+    from torch.utils.cpp_extension import load
+
+    flags = ["-fopenmp"] if openmp else []
+    with _pinned_ninja_first():
+        return load(name=name, sources=[str(source)], verbose=False, extra_cflags=["-O3", *flags],
+                    extra_ldflags=flags)
 
 
 @contextmanager
