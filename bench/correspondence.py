@@ -69,7 +69,7 @@ def child(kind: str, size: int, repeats: int, device: str, channels: int) -> dic
     from cocosnet.models.patchmatch import patch_match
 
     extension()  # build or load the CPU kernels before any timing
-    cpu_allocator.install(device)  # as the stages and the `cocosnet` command do
+    allocator = cpu_allocator.install(device)  # as the stages and the `cocosnet` command do
     query, key, colors, init = level_inputs(size, channels, device)
     if kind == "patchmatch":
         level = benchmarked_level(channels).to(device)
@@ -112,7 +112,7 @@ def child(kind: str, size: int, repeats: int, device: str, channels: int) -> dic
         torch.cuda.reset_peak_memory_stats()
     infer = [run(False)[1] for _ in range(repeats)]
     result = {"kind": kind, "size": size, "device": device, "repeats": repeats, "cpu_kernels": kernels_on(device),
-              "forward_s": statistics.median(infer), "runs_forward_s": infer}
+              "cpu_allocator": allocator, "forward_s": statistics.median(infer), "runs_forward_s": infer}
     if trains:
         train = [run(True) for _ in range(repeats)]
         result |= {"forward_backward_s": statistics.median(t for _, t in train),

@@ -54,7 +54,7 @@ def best_rate(repeats: int = 5, shapes=CONV_SHAPES, gemm: int = GEMM_SIZE) -> di
     def rate(fn, flop: float) -> float:
         fn()
         best = min(_seconds(fn) for _ in range(repeats))
-        return round(flop / best / 1e9, 1)
+        return float(f"{flop / best / 1e9:.4g}")  # significant digits: a tiny shape on a busy machine is not 0
 
     a, b = torch.randn(gemm, gemm), torch.randn(gemm, gemm)
     rates = {"gemm": rate(lambda: a @ b, 2 * gemm**3)}

@@ -40,7 +40,7 @@ def child(mode: str, size: int, *, profile: str, device: str, batch: int, amp: s
     from cocosnet.train.trainer import CorrespondenceTrainer, sample_generators
 
     extension()  # build or load the CPU kernels before any timing
-    cpu_allocator.install(device)  # as the stages and the `cocosnet` command do
+    allocator = cpu_allocator.install(device)  # as the stages and the `cocosnet` command do
 
     cfg = bench_config(profile)
     torch.manual_seed(0)
@@ -63,7 +63,7 @@ def child(mode: str, size: int, *, profile: str, device: str, batch: int, amp: s
     reset_peak(device)
     median, runs = median_time(step, device, repeats, warmup)
     return {"mode": mode, "size": size, "profile": profile, "device": device, "batch": batch, "amp": amp,
-            "seconds": median, "runs": runs, "warmup": warmup, "peak_mb": peak_mb(device),
+            "seconds": median, "runs": runs, "warmup": warmup, "peak_mb": peak_mb(device), "cpu_allocator": allocator,
             "params_m": sum(p.numel() for p in model.matcher.parameters()) / 1e6}
 
 

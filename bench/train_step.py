@@ -151,7 +151,7 @@ def child(size: int, *, profile: str, device: str, batch: int, amp: str, repeats
     from cocosnet.train.trainer import GanTrainer
 
     extension()  # build or load the CPU kernels before any timing
-    cpu_allocator.install(device)  # as the stages and the `cocosnet` command do
+    allocator = cpu_allocator.install(device)  # as the stages and the `cocosnet` command do
 
     cfg = bench_config(profile)
     torch.manual_seed(0)
@@ -171,7 +171,8 @@ def child(size: int, *, profile: str, device: str, batch: int, amp: str, repeats
         model.zero_grad(set_to_none=True)
         disc.zero_grad(set_to_none=True)
     record = {"size": size, "profile": profile, "device": device, "batch": batch, "amp": amp,
-              "step_s": full, "runs": runs, "warmup": warmup, "peak_mb": peak, "parts_s": parts,
+              "step_s": full, "runs": runs, "warmup": warmup, "peak_mb": peak, "cpu_allocator": allocator,
+              "parts_s": parts,
               "other_s": full - sum(parts.values()),
               "share": {k: v / full for k, v in parts.items()}}
     if top:
