@@ -1,5 +1,7 @@
 """The fused candidate-score kernel against the grid_sample path it replaces on the CPU."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -301,3 +303,20 @@ def test_a_level_without_autograd_equals_its_tensor_sampling(monkeypatch, b):
     slow = run()
     for got, want in zip(fast, slow):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+
+
+def test_a_failed_build_warns_and_falls_back(tmp_path, monkeypatch):
+    from cocosnet.models.kernels import build_extension
+
+    broken = tmp_path / "broken.cpp"
+    broken.write_text("this is not C++\n")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "build"))
+    monkeypatch.setenv("COCOSNET_TEST_SWITCH", "1")
+    with pytest.warns(RuntimeWarning, match=r"(?s)broken\.cpp: the test part could not be built .*; the fallback\. "
+                                            r"Set COCOSNET_TEST_SWITCH=0"):
+        assert build_extension("cocosnet_broken", broken, "COCOSNET_TEST_SWITCH", what="the test part",
+                               instead="the fallback") is None
+    monkeypatch.setenv("COCOSNET_TEST_SWITCH", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # switched off: no build attempted, so no warning
+        assert build_extension("cocosnet_broken", broken, "COCOSNET_TEST_SWITCH", what="x", instead="y") is None

@@ -21,15 +21,12 @@ leaves PyTorch's allocator in place; where the build fails, a warning says why a
 
 from __future__ import annotations
 
-import os
-import time
-import warnings
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-from cocosnet.models.kernels import build_extension
+from cocosnet.models.kernels import build_extension, report_build
 
 SOURCE = Path(__file__).with_suffix(".cpp")  # cocosnet.deps counts it as part of this module
 ENV = "COCOSNET_CPU_ALLOCATOR"
@@ -40,14 +37,8 @@ SLACK = 0.125  # the pages held may exceed the most ever in use at once by this 
 @lru_cache(maxsize=1)
 def extension():
     """The compiled module, or None when disabled or when it cannot be built here."""
-    if os.environ.get(ENV, "1") == "0":
-        return None
-    try:
-        return build_extension("cocosnet_cpu_allocator", SOURCE)
-    except Exception as error:  # no compiler or headers: PyTorch's allocator still works
-        warnings.warn(f"{SOURCE.name}: the caching CPU allocator could not be built ({error}); "
-                      f"keeping PyTorch's. Set {ENV}=0 to skip the attempt.", RuntimeWarning, stacklevel=2)
-        return None
+    return build_extension("cocosnet_cpu_allocator", SOURCE, ENV, what="the caching CPU allocator",
+                           instead="keeping PyTorch's")
 
 
 def install(device: str | torch.device = "cpu") -> bool:
@@ -80,10 +71,7 @@ def stats() -> dict:
 
 
 def main() -> None:
-    """Build (or load) the allocator now rather than in the first stage that needs it."""
-    start = time.perf_counter()
-    state = "ready" if extension() is not None else "not available; PyTorch's allocator will be used"
-    print(f"{SOURCE.name}: {state} ({time.perf_counter() - start:.0f} s)")
+    report_build(SOURCE, extension, "PyTorch's allocator will be used")
 
 
 if __name__ == "__main__":

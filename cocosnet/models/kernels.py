@@ -47,25 +47,33 @@ ENV = "COCOSNET_CPU_KERNELS"
 @lru_cache(maxsize=1)
 def extension():
     """The compiled module, or None when disabled or when it cannot be built here."""
-    if os.environ.get(ENV, "1") == "0":
-        return None
-    try:
-        return build_extension("cocosnet_patchmatch_kernels", SOURCE, openmp=True)
-    except Exception as error:  # no compiler, no headers, a failed build: the slow path still works
-        warnings.warn(f"{SOURCE.name}: the PatchMatch CPU kernels could not be built ({error}); "
-                      f"using the slower tensor versions. Set {ENV}=0 to skip the attempt.", RuntimeWarning,
-                      stacklevel=2)
-        return None
+    return build_extension("cocosnet_patchmatch_kernels", SOURCE, ENV, openmp=True,
+                           what="the PatchMatch CPU kernels", instead="using the slower tensor versions")
 
 
-def build_extension(name: str, source: Path, *, openmp: bool = False):
-    """Compile (or load from the cache) one C++ source as a Python module, with -O3."""
+def build_extension(name: str, source: Path, env: str, *, what: str, instead: str, openmp: bool = False):
+    """Compile (or load from the cache) one C++ source as a Python module, with -O3; None when `env` is 0,
+    or, with a warning naming `what` and `instead`, when it cannot be built here (no compiler, no headers)."""
+    if os.environ.get(env, "1") == "0":
+        return None
     from torch.utils.cpp_extension import load
 
     flags = ["-fopenmp"] if openmp else []
-    with _pinned_ninja_first():
-        return load(name=name, sources=[str(source)], verbose=False, extra_cflags=["-O3", *flags],
-                    extra_ldflags=flags)
+    try:
+        with _pinned_ninja_first():
+            return load(name=name, sources=[str(source)], verbose=False, extra_cflags=["-O3", *flags],
+                        extra_ldflags=flags)
+    except Exception as error:  # a failed build: the fallback still works
+        warnings.warn(f"{source.name}: {what} could not be built ({error}); {instead}. Set {env}=0 to skip the "
+                      "attempt.", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def report_build(source: Path, extension, fallback: str) -> None:
+    """Build (or load) a compiled part now rather than in the first stage that needs it, and say so."""
+    start = time.perf_counter()
+    state = "ready" if extension() is not None else f"not available; {fallback}"
+    print(f"{source.name}: {state} ({time.perf_counter() - start:.0f} s)")
 
 
 @contextmanager
@@ -172,10 +180,7 @@ def weighted_samples(source: Tensor, coords: Tensor, weights: Tensor) -> Tensor:
 
 
 def main() -> None:
-    """Build (or load) the kernels now rather than in the first stage that needs them."""
-    start = time.perf_counter()
-    state = "ready" if extension() is not None else "not available; the tensor versions will be used"
-    print(f"{SOURCE.name}: {state} ({time.perf_counter() - start:.0f} s)")
+    report_build(SOURCE, extension, "the tensor versions will be used")
 
 
 if __name__ == "__main__":
