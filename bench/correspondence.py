@@ -4,7 +4,10 @@ forward+backward time and peak memory against resolution.
 Each configuration runs in a fresh process (peak RSS on CPU, max allocated on CUDA).
 Writes reports/bench/correspondence.json and reports/bench/correspondence.png.
 
-    python -m bench.correspondence [--sizes 64 128 256 512] [--repeats 3] [--device cpu]
+    python -m bench.correspondence [--sizes 64 128 256 512] [--repeats 3] [--device cpu] [--amp off|bfloat16]
+
+`--amp bfloat16` runs the level under autocast, as training with `amp_cpu` (or `amp` on CUDA) does; the search
+and its scores stay fp32 there.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -61,9 +63,10 @@ def benchmarked_level(channels: int):
     return PatchMatchGRU(channels, num_candidates=16, iters=5)
 
 
-def child(kind: str, size: int, repeats: int, device: str, channels: int) -> dict:
+def child(kind: str, size: int, repeats: int, device: str, channels: int, amp: str = "off") -> dict:
     import torch
 
+    from bench.harness import autocast
     from cocosnet.models import cpu_allocator
     from cocosnet.models.kernels import extension
     from cocosnet.models.patchmatch import patch_match
@@ -94,7 +97,7 @@ def child(kind: str, size: int, repeats: int, device: str, channels: int) -> dic
             level.train(train)
         q_ = query.requires_grad_(train)
         start = time.perf_counter()
-        with torch.set_grad_enabled(train):
+        with torch.set_grad_enabled(train), autocast(device, amp):
             out = forward()
             mid = time.perf_counter()
             if train:
@@ -111,8 +114,9 @@ def child(kind: str, size: int, repeats: int, device: str, channels: int) -> dic
             run(True)
         torch.cuda.reset_peak_memory_stats()
     infer = [run(False)[1] for _ in range(repeats)]
-    result = {"kind": kind, "size": size, "device": device, "repeats": repeats, "cpu_kernels": kernels_on(device),
-              "cpu_allocator": allocator, "forward_s": statistics.median(infer), "runs_forward_s": infer}
+    result = {"kind": kind, "size": size, "device": device, "amp": amp, "repeats": repeats,
+              "cpu_kernels": kernels_on(device), "cpu_allocator": allocator, "forward_s": statistics.median(infer),
+              "runs_forward_s": infer}
     if trains:
         train = [run(True) for _ in range(repeats)]
         result |= {"forward_backward_s": statistics.median(t for _, t in train),
@@ -134,14 +138,16 @@ def plot(records: list[dict], path: Path) -> None:
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
 
     def series_of(r: dict) -> tuple:
-        return r["kind"], r["device"], r.get("cpu_kernels", False)
+        return r["kind"], r["device"], r.get("cpu_kernels", False), r.get("amp", "off")
 
     series = sorted({series_of(r) for r in records})
-    for (kind, device, fused), style in zip(series, ("o-", "s--", "^-", "d--", "v-", "x--", "*-", "+--")):
+    for (kind, device, fused, amp), style in zip(series, ("o-", "s--", "^-", "d--", "v-", "x--", "*-", "+--")):
         rows = sorted((r for r in records if series_of(r) == (kind, device, fused) and "error" not in r),
                       key=lambda r: r["size"])
         if fused:
             device = f"{device}, kernels"
+        if amp != "off":
+            device = f"{device}, {amp}"
         px = [r["size"] ** 2 for r in rows]
         ax_t.loglog(px, [r["forward_s"] for r in rows], style, label=f"{kind} fwd ({device})")
         if all("forward_backward_s" in r for r in rows):
@@ -158,28 +164,34 @@ def plot(records: list[dict], path: Path) -> None:
 
 
 def main() -> None:
+    from bench.harness import machine
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--channels", type=int, default=32)
+    parser.add_argument("--amp", default="off", choices=["off", "bfloat16"])
     parser.add_argument("--out", default="reports/bench/correspondence.json")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], int(args.child[1]), args.repeats, args.device, args.channels)))
+        print(json.dumps(child(args.child[0], int(args.child[1]), args.repeats, args.device, args.channels,
+                               args.amp)))
         return
     out = Path(args.out)
     previous = json.loads(out.read_text()) if out.exists() else {}
-    # Records of the other device or kernel setting stay, so both paths can be compared in one file.
+    # Records of another device, kernel setting or precision stay, so the paths can be compared in one file.
+    setting = (args.device, kernels_on(args.device), args.amp)
     records = [r for r in previous.get("records", [])
-               if (r.get("device"), r.get("cpu_kernels", False)) != (args.device, kernels_on(args.device))]
+               if (r.get("device"), r.get("cpu_kernels", False), r.get("amp", "off")) != setting]
     for size in args.sizes:
         for kind in ("patchmatch", "search", "dense"):
             if kind == "dense" and size > DENSE_MAX:
                 continue
             cmd = [sys.executable, "-m", "bench.correspondence", "--child", kind, str(size),
-                   "--repeats", str(args.repeats), "--device", args.device, "--channels", str(args.channels)]
+                   "--repeats", str(args.repeats), "--device", args.device, "--channels", str(args.channels),
+                   "--amp", args.amp]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode:
                 record = {"kind": kind, "size": size, "device": args.device, "error": proc.stderr[-500:]}
@@ -189,10 +201,10 @@ def main() -> None:
             records.append(record)
     result = {
         "what": "one PatchMatch+GRU level (k=16, 5 iterations, 32-ch features), the bare patch_match from a "
-                "random start (forward only) and dense attention; batch 1, fp32",
+                "random start (forward only) and dense attention; batch 1; amp: fp32 (off) or bf16 autocast",
         "target_512": {"patchmatch": {"forward_backward_s": 5.0, "peak_mb": 1024.0},
                        "search": {"forward_s": 10.0, "peak_mb": 1024.0}},
-        "machine": {"processor": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "machine": machine(),
         "records": records,
     }
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -83,12 +83,12 @@ def peak_mb(device: str) -> float:
 
 
 def autocast(device: str, amp: str):
-    """bf16/fp16 autocast on CUDA; nothing on CPU or with amp 'off'."""
+    """bf16/fp16 autocast on the device's type (the CPU's too, as `amp_cpu` gives it); nothing with amp 'off'."""
     import torch
 
-    if amp == "off" or not device.startswith("cuda"):
+    if amp == "off":
         return nullcontext()
-    return torch.autocast("cuda", dtype=getattr(torch, amp))
+    return torch.autocast(device.split(":")[0], dtype=getattr(torch, amp))
 
 
 def in_fresh_process(module: str, child_args: list[str], describe: dict, *, launcher: list[str] | None = None,
@@ -112,8 +112,11 @@ def machine() -> dict:
 
     import torch
 
+    from cocosnet.train.precision import native_cpu_bf16
+
     info = {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+            "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "native_cpu_bf16": native_cpu_bf16()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

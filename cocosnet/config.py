@@ -169,6 +169,9 @@ class PretrainConfig:
     sample_every: int = check(1)
     workers: int = check(0)  # DataLoader workers
     seed: int = check(0)
+    amp: bool  # autocast on CUDA (train/precision.py)
+    amp_dtype: Literal["bfloat16", "float16"]
+    amp_cpu: bool  # bf16 autocast on CPUs with native bf16
 
 
 @dataclass(frozen=True)
@@ -185,8 +188,9 @@ class TrainConfig:
     decay_start: int = check(-1)  # linear LR decay to 0 from this step to the end; < 0 = constant
     grad_clip: float = check(0)  # max gradient norm; 0 = off
     ema_decay: float = check(**FRACTION)  # EMA of G's weights; 0 = off
-    amp: bool  # autocast on CUDA (never on CPU)
+    amp: bool  # autocast on CUDA (train/precision.py)
     amp_dtype: Literal["bfloat16", "float16"]
+    amp_cpu: bool  # bf16 autocast on CPUs with native bf16
     flip: bool
     checkpoint_every: int = check(1)
     keep_last: int = check(1)

@@ -258,7 +258,7 @@ def test_weighted_samples_equal_the_grid_sample_warp(dtype, tol):
                                sample_at(key, one)[..., 0], atol=tol, rtol=0)
 
 
-def test_weighted_sample_takes_the_kernel_only_without_autograd(monkeypatch):
+def test_weighted_sample_takes_the_kernel_with_and_without_autograd(monkeypatch):
     _, key, coords = inputs(torch.float32, seed=6)
     weights = torch.rand(coords.shape[:4])
     calls = []
@@ -267,9 +267,34 @@ def test_weighted_sample_takes_the_kernel_only_without_autograd(monkeypatch):
     with torch.no_grad():
         fast = patchmatch.weighted_sample(key, coords, weights)
     assert calls == [1]
-    slow = patchmatch.weighted_sample(key.requires_grad_(), coords, weights)  # the warp loss needs this gradient
-    assert calls == [1] and slow.requires_grad
-    torch.testing.assert_close(fast, slow.detach(), atol=1e-6, rtol=0)
+    warp = patchmatch.weighted_sample(key.requires_grad_(), coords, weights)  # the warp loss needs this gradient
+    assert calls == [1, 1] and warp.requires_grad
+    torch.testing.assert_close(fast, warp.detach(), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 10**9])  # one candidate per backward chunk, or all at once
+def test_weighted_sample_gradients_equal_the_grid_sample_path(monkeypatch, chunk_elements):
+    """Gradients of the warp for source, positions and weights, in float64, including positions outside
+    the source and on its border (where grid_sample's clamping zeroes a position's gradient)."""
+    monkeypatch.setattr(patchmatch, "WARP_CHUNK_ELEMENTS", chunk_elements)
+    _, key, coords = inputs(torch.float64, seed=7)
+    weights = torch.softmax(torch.randn(coords.shape[:4], dtype=torch.float64), dim=-1)
+    upstream = torch.randn(2, key.shape[1], 9, 11, dtype=torch.float64)
+    grads = []
+    for fused in (True, False):
+        leaves = [t.clone().requires_grad_() for t in (key, coords, weights)]
+        if fused:
+            out = patchmatch.weighted_sample(*leaves)
+            assert out.grad_fn.name().startswith("_WeightedSample")
+        else:
+            out = patchmatch._sampled_sum(*leaves)
+        out.backward(upstream)
+        grads.append([t.grad for t in leaves])
+    for name, fast, slow in zip(("source", "coords", "weights"), *grads):
+        torch.testing.assert_close(fast, slow, atol=1e-12, rtol=0, msg=name)
+    only_coords = coords.clone().requires_grad_()  # an input without gradient gets none, and no work
+    patchmatch.weighted_sample(key, only_coords, weights).sum().backward()
+    assert only_coords.grad is not None and key.grad is None
 
 
 def test_weighted_samples_reject_mismatched_shapes():

@@ -121,11 +121,15 @@ class HierarchicalCorrespondence(nn.Module):
         extra: optional maps in the exemplar frame, one per level at the key's size (B, c, h_l, w_l),
         warped with the same weights as the colours (into `extra_warps`).
         """
-        colors = [resize_to(exemplar, k.shape[-2:], "area") for k in key]
+        # Matching stays fp32 under autocast (train/precision.py): the similarities are divided by the
+        # temperature (0.01), and the CPU search kernels read fp32. Only the GRU's convolutions autocast.
+        query, key = [q.float() for q in query], [k.float() for k in key]
+        colors = [resize_to(exemplar.float(), k.shape[-2:], "area") for k in key]
         if extra is not None:
-            colors = [torch.cat([c, e.to(c.dtype)], dim=1) for c, e in zip(colors, extra)]
-        warp, cycle_warp, coords, scores = dense_match(query[0], key[0], colors[0], temperature=self.temperature,
-                                                       k=self.handed_down[0], cycle=cycle)
+            colors = [torch.cat([c, e.float()], dim=1) for c, e in zip(colors, extra)]
+        with torch.autocast(exemplar.device.type, enabled=False):
+            warp, cycle_warp, coords, scores = dense_match(query[0], key[0], colors[0], temperature=self.temperature,
+                                                           k=self.handed_down[0], cycle=cycle)
         warps, coords_out, scores_out = [warp], [coords], [scores]
         for i, level in enumerate(self.levels, start=1):
             handed = coords[..., :self.handed_down[i - 1], :].detach()  # the best of the coarser level

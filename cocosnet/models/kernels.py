@@ -14,8 +14,9 @@ the jittered best, their scores and the top-k), so none of the (B, H, W, N, 2) c
 the tensor version concatenates is built. The same candidates, scores and selection.
 
 `weighted_samples`: a weighted sum of bilinear samples at each pixel's candidates (a level's warp, and
-its best candidate's features for the GRU), forward only: the same values as `grid_sample`, nothing of
-size (B, C, H, W, K) built.
+its best candidate's features for the GRU): the same values as `grid_sample`, nothing of size
+(B, C, H, W, K) built. Its gradients recompute the `grid_sample` path in chunks of candidates
+(`patchmatch._WeightedSample`).
 
 `search_layout`: the features in the layout the kernels read (channels-last), made once per level
 rather than copied by every score pass.
@@ -164,11 +165,11 @@ def search_step(query: Tensor, key: Tensor, coords: Tensor, scores: Tensor, jitt
 
 
 def samples_apply(source: Tensor, coords: Tensor, weights: Tensor) -> bool:
-    """Whether `weighted_samples` handles these: CPU, one float32/float64 dtype, no gradient wanted."""
+    """Whether `weighted_samples` handles these: CPU, one float32/float64 dtype (its gradients are
+    `patchmatch._WeightedSample`'s)."""
     tensors = (source, coords, weights)
     return (all(t.device.type == "cpu" and t.dtype == source.dtype for t in tensors)
-            and source.dtype in (torch.float32, torch.float64)
-            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) and extension() is not None)
+            and source.dtype in (torch.float32, torch.float64) and extension() is not None)
 
 
 def weighted_samples(source: Tensor, coords: Tensor, weights: Tensor) -> Tensor:

@@ -26,6 +26,7 @@ from cocosnet.models.checkpointing import maybe_checkpoint
 from cocosnet.models.convgru import UpdateBlock
 
 SCORE_CHUNK = 8  # candidates sampled at once: bounds memory to O(B*C*H*W*SCORE_CHUNK)
+WARP_CHUNK_ELEMENTS = 2**22  # samples a warp's backward builds at once (B*C*H*W*candidates)
 # Floats one UpdateBlock call keeps per pixel of its grid for backward (measured: 1264 at k = 16,
 # 1176 at k = 8; tests/test_patchmatch.py checks it). It decides which updates are checkpointed.
 UPDATE_CHANNELS_KEPT = 1232
@@ -45,12 +46,55 @@ def sample_at(source: Tensor, coords: Tensor) -> Tensor:
     return out.view(b, c, h, w, k)
 
 
+def _sampled_sum(source: Tensor, coords: Tensor, weights: Tensor) -> Tensor:
+    return (sample_at(source, coords) * weights.unsqueeze(1)).sum(-1)
+
+
+class _WeightedSample(torch.autograd.Function):
+    """`weighted_sample` with autograd on the CPU. The kernel's forward keeps only its inputs; backward
+    recomputes the `grid_sample` path a few candidates at a time. The path alone keeps the grid and the
+    (B, C, H, W, K) samples from forward to backward: 80 MB for a 512^2 level's warp at k = 16."""
+
+    @staticmethod
+    def forward(ctx, source: Tensor, coords: Tensor, weights: Tensor) -> Tensor:
+        ctx.save_for_backward(source, coords, weights)
+        return kernels.weighted_samples(source, coords, weights)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        source, coords, weights = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        b, c, h, w = grad.shape
+        chunk = max(1, WARP_CHUNK_ELEMENTS // (b * c * h * w))
+        src = source.detach().requires_grad_(needs[0])
+        g_source, g_coords, g_weights = None, [], []
+        with torch.enable_grad():
+            for j in range(0, coords.shape[3], chunk):
+                part = (src, coords[..., j:j + chunk, :].detach().requires_grad_(needs[1]),
+                        weights[..., j:j + chunk].detach().requires_grad_(needs[2]))
+                wanted = [t for t, need in zip(part, needs) if need]
+                got = iter(torch.autograd.grad(_sampled_sum(*part), wanted, grad))
+                if needs[0]:
+                    g = next(got)
+                    g_source = g if g_source is None else g_source + g
+                if needs[1]:
+                    g_coords.append(next(got))
+                if needs[2]:
+                    g_weights.append(next(got))
+        return (g_source, torch.cat(g_coords, 3) if needs[1] else None,
+                torch.cat(g_weights, 3) if needs[2] else None)
+
+
 def weighted_sample(source: Tensor, coords: Tensor, weights: Tensor) -> Tensor:
     """sum_k weights[..., k] * sample_at(source, coords)[..., k]: source (B, C, Hk, Wk), coords (B, H, W, K, 2),
-    weights (B, H, W, K) -> (B, C, H, W). Without autograd on the CPU, one kernel (models/kernels.py)."""
-    if kernels.samples_apply(source, coords, weights):
-        return kernels.weighted_samples(source, coords, weights)
-    return (sample_at(source, coords) * weights.unsqueeze(1)).sum(-1)
+    weights (B, H, W, K) -> (B, C, H, W). On the CPU one kernel (models/kernels.py), with autograd through
+    `_WeightedSample`; elsewhere the `grid_sample` path."""
+    if not kernels.samples_apply(source, coords, weights):
+        return _sampled_sum(source, coords, weights)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (source, coords, weights)):
+        return _WeightedSample.apply(source, coords, weights)
+    return kernels.weighted_samples(source, coords, weights)
 
 
 def _chunk_scores(query: Tensor, key: Tensor, coords: Tensor) -> Tensor:
@@ -259,6 +303,10 @@ class PatchMatchGRU(nn.Module):
         # (B = 1) that made the pooling copy the map to NCHW first (13x slower at 1024^2).
         flow = self._pool(offsets.reshape(b, hh, ww, 2 * k).permute(0, 3, 1, 2))  # (B, 2k, h', w')
         if self.training and torch.is_grad_enabled():
+            if h.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+                # bf16 convolutions run 15% faster here channels-last, backward included (fp32 ones do not:
+                # docs/performance.md, items 6 and 22)
+                h, corr, flow = (t.contiguous(memory_format=torch.channels_last) for t in (h, corr, flow))
             kept = h.numel() // h.shape[1] * UPDATE_CHANNELS_KEPT  # the update's activations per pixel
             h, delta, bias = maybe_checkpoint(self.update, h, corr, flow, elements=kept)
         elif not torch.is_grad_enabled() and h.device.type == "cpu":

@@ -8,15 +8,15 @@
 
 Both expose `step(batch, step) -> metrics`, `sample(batch, step)` and
 `state_dict()`, which is all the loop uses. One GradScaler per optimiser (the
-official code shares one and updates it twice per iteration); autocast only on
-CUDA, in bf16 or fp16, with the scalers active only for fp16. The trainers know
-nothing of MLflow: they return metrics.
+official code shares one and updates it twice per iteration); autocast on CUDA
+in bf16 or fp16, and on a CPU with native bf16 in bf16 (`train/precision.py`),
+with the scalers active only for fp16. The trainers know nothing of MLflow:
+they return metrics.
 """
 
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
 from dataclasses import asdict
 
 import torch
@@ -27,6 +27,7 @@ from cocosnet.config import LossWeights, PretrainConfig, TrainConfig
 from cocosnet.losses.objective import correspondence_terms, discriminator_terms, generator_terms
 from cocosnet.losses.terms import weighted_total
 from cocosnet.models.cocosnet import CoCosNet
+from cocosnet.train.precision import autocast, autocast_dtype
 from cocosnet.train.schedule import lr_at, ttur
 
 CORRESPONDENCE_KEYS = ("feat_align", "warp_self", "warp_cycle", "warp_geometry")
@@ -83,16 +84,18 @@ class CorrespondenceTrainer:
         self.weights = {k: v for k, v in asdict(weights).items() if k in CORRESPONDENCE_KEYS}
         self.net = DDP(model.matcher) if distributed else model.matcher
         self.opt = torch.optim.Adam(model.matcher.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-        self.scaler = torch.amp.GradScaler(device.type, enabled=False)
+        self.amp_dtype = autocast_dtype(device, amp=cfg.amp, amp_dtype=cfg.amp_dtype, amp_cpu=cfg.amp_cpu)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
 
     def step(self, batch: dict, step: int) -> dict[str, float]:
         """Alignment + warp + cycle losses on the matcher."""
         b = _to_device(batch, self.device)
         gens = sample_generators(self.cfg.seed, step, b["index"], self.device)
-        out = self.net(b["label"], b["exemplar"], b["exemplar_label"], real=b["image"], cycle=True,
-                       geometry_warp=self.weights["warp_geometry"] > 0, generator=gens)
-        terms = correspondence_terms(out, real=b["image"], exemplar=b["exemplar"], self_ref=b["self_ref"])
-        loss = weighted_total(terms, self.weights)
+        with autocast(self.device, self.amp_dtype):
+            out = self.net(b["label"], b["exemplar"], b["exemplar_label"], real=b["image"], cycle=True,
+                           geometry_warp=self.weights["warp_geometry"] > 0, generator=gens)
+            terms = correspondence_terms(out, real=b["image"], exemplar=b["exemplar"], self_ref=b["self_ref"])
+            loss = weighted_total(terms, self.weights)
         _optimise(loss, self.opt, self.scaler, self.model.matcher.parameters(), 0.0)
         return {**{k: v.item() for k, v in terms.items()}, "loss": loss.item()}
 
@@ -122,7 +125,7 @@ class GanTrainer:
                  device: torch.device, distributed: bool = False):
         self.model, self.disc, self.vgg, self.cfg, self.device = model, disc, vgg, cfg, device
         self.weights = asdict(weights)
-        self.amp_dtype = getattr(torch, cfg.amp_dtype) if (cfg.amp and device.type == "cuda") else None
+        self.amp_dtype = autocast_dtype(device, amp=cfg.amp, amp_dtype=cfg.amp_dtype, amp_cpu=cfg.amp_cpu)
         fp16 = self.amp_dtype is torch.float16
         self.net = DDP(model) if distributed else model
         self.d_net = DDP(disc) if distributed else disc
@@ -135,7 +138,7 @@ class GanTrainer:
         self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
 
     def _autocast(self):
-        return nullcontext() if self.amp_dtype is None else torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     def set_lr(self, lr: float) -> None:
         g_lr, d_lr = ttur(lr)
