@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from bench.harness import (
@@ -24,6 +25,7 @@ from bench.harness import (
     median_time,
     peak_mb,
     reset_peak,
+    trainer_precision,
     write_report,
 )
 
@@ -47,12 +49,12 @@ def child(mode: str, size: int, *, profile: str, device: str, batch: int, amp: s
     model = CoCosNet.from_config(cfg).to(device)
     b = inputs(batch, size, device)
     if mode == "train":
-        trainer = CorrespondenceTrainer(model, cfg.pretrain, cfg.loss_weights, device=torch.device(device))
+        pretrain = replace(cfg.pretrain, **trainer_precision(cfg.pretrain, amp))  # the trainer autocasts itself
+        trainer = CorrespondenceTrainer(model, pretrain, cfg.loss_weights, device=torch.device(device))
         model.train()
 
         def step():
-            with autocast(device, amp):
-                trainer.step(b, 1)
+            trainer.step(b, 1)
     else:
         model.eval()
 

@@ -32,6 +32,7 @@ from bench.harness import (
     median_time,
     peak_mb,
     reset_peak,
+    trainer_precision,
     write_report,
 )
 
@@ -158,7 +159,7 @@ def child(size: int, *, profile: str, device: str, batch: int, amp: str, repeats
     dev = torch.device(device)
     model, disc = CoCosNet.from_config(cfg).to(dev), build_discriminator(cfg).to(dev)
     vgg = load_vgg19("random").to(dev)
-    train_cfg = replace(cfg.train, amp=amp != "off", amp_dtype=amp if amp != "off" else cfg.train.amp_dtype)
+    train_cfg = replace(cfg.train, **trainer_precision(cfg.train, amp))
     trainer = GanTrainer(model, disc, vgg, train_cfg, cfg.loss_weights, device=dev)
     model.train()
     b = inputs(batch, size, device)

@@ -121,3 +121,18 @@ def test_gan_training_with_amp_cpu_trains_every_part(tmp_path, native):
     for part in ("matcher.align_label", "matcher.correspondence", "generator"):
         assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith(part)), part
     assert any(not torch.equal(v, before_d[k]) for k, v in state(disc).items())
+
+
+def test_the_benchmarks_make_the_trainer_autocast_as_their_amp_flag_says(tmp_path, native):
+    """bench/matcher.py and bench/train_step.py time the trainers' own steps: `--amp off` must not inherit
+    params.yaml's `amp: true` (a CUDA run would be bf16), and `--amp bfloat16` autocasts on the CPU too."""
+    from bench.harness import trainer_precision
+
+    cfg = tiny_training_config(tmp_path, tmp_path, crop=32)
+    for section in (cfg.pretrain, cfg.train):
+        assert section.amp  # the params.yaml default, for CUDA
+        off = dataclasses.replace(section, **trainer_precision(section, "off"))
+        assert autocast_dtype(CUDA, amp=off.amp, amp_dtype=off.amp_dtype, amp_cpu=off.amp_cpu) is None
+        bf16 = dataclasses.replace(section, **trainer_precision(section, "bfloat16"))
+        for device in (CPU, CUDA):
+            assert autocast_dtype(device, amp=bf16.amp, amp_dtype=bf16.amp_dtype, amp_cpu=bf16.amp_cpu) is torch.bfloat16
