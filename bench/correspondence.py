@@ -13,6 +13,7 @@ and its scores stay fp32 there.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -140,9 +141,10 @@ def plot(records: list[dict], path: Path) -> None:
     def series_of(r: dict) -> tuple:
         return r["kind"], r["device"], r.get("cpu_kernels", False), r.get("amp", "off")
 
-    series = sorted({series_of(r) for r in records})
-    for (kind, device, fused, amp), style in zip(series, ("o-", "s--", "^-", "d--", "v-", "x--", "*-", "+--")):
-        rows = sorted((r for r in records if series_of(r) == (kind, device, fused) and "error" not in r),
+    series = sorted({series_of(r) for r in records if "error" not in r})
+    styles = itertools.cycle(("o-", "s--", "^-", "d--", "v-", "x--", "*-", "+--"))  # more series than styles
+    for (kind, device, fused, amp), style in zip(series, styles):
+        rows = sorted((r for r in records if series_of(r) == (kind, device, fused, amp) and "error" not in r),
                       key=lambda r: r["size"])
         if fused:
             device = f"{device}, kernels"
