@@ -56,39 +56,77 @@ def import_official(args: argparse.Namespace) -> None:
               "(docs/official_weights.md):\n  " + "\n  ".join(changes))
 
 
+def _device(name: str) -> str:
+    """The --device value, checked before the model is loaded: cpu, or cuda[:N] where CUDA is."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name!r}: expected cpu or cuda (cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name!r}: expected cpu or cuda (cuda:N)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA device here; leave --device out to run on CPU")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return name
+
+
+def _size(size: list[int] | None) -> tuple[int, int] | None:
+    from cocosnet.limits import MAX_SIDE_ENV, image_caps
+
+    if size is None:
+        return None
+    side, pixels = image_caps()
+    width, height = size
+    if not (1 <= width <= side and 1 <= height <= side) or width * height > pixels:
+        raise UsageError(f"--size {width} {height}: expected two positive integers, at most {side} a side and "
+                         f"{pixels / 1e6:g} MP (raise with --max-image-side / --max-image-pixels, or {MAX_SIDE_ENV})")
+    return width, height
+
+
 def generate(args: argparse.Namespace) -> None:
-    from cocosnet.generate import generate_one, load_model_file, run_pairs, save_png
+    from cocosnet.generate import generate_one, load_model_file, output_format, run_pairs, save_image
+    from cocosnet.io import sha256_file
+    from cocosnet.limits import MAX_PIXELS_ENV, MAX_SIDE_ENV
     from cocosnet.models import cpu_allocator
 
     single = [args.exemplar, args.exemplar_pose, args.pose, args.out]
     if args.pairs is None and not all(single):
         raise UsageError("give --exemplar, --exemplar-pose, --pose and --out, or --pairs and --out-dir")
-    if args.pairs is not None and (any(single) or args.out_dir is None):
+    if args.pairs is not None and (any(single) or args.panel or args.out_dir is None):
         raise UsageError("--pairs goes with --out-dir only (the CSV names each row's files)")
-    if args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {args.device}: no CUDA device here; leave --device out to run on CPU")
-    cpu_allocator.install(args.device)
-    model, cfg = load_model_file(args.model, args.device)
-    size = tuple(args.size) if args.size else None
+    for env, value in ((MAX_SIDE_ENV, args.max_image_side), (MAX_PIXELS_ENV, args.max_image_pixels)):
+        if value is not None:
+            if value < 1:
+                raise UsageError(f"--max-image-{'side' if env == MAX_SIDE_ENV else 'pixels'} {value}: expected a "
+                                 "positive integer")
+            os.environ[env] = str(value)
+    size = _size(args.size)
+    device = _device(args.device)
+    for name in (args.out, args.panel):
+        if name:
+            output_format(name)
+    cpu_allocator.install(device)
+    model, cfg = load_model_file(args.model, device)
     if args.pairs is None:
         result = generate_one(model, cfg, args.exemplar, args.exemplar_pose, args.pose, size=size,
-                              device=args.device)
-        save_png(result.image, args.out)
+                              device=device, exemplar_pose_name=args.exemplar_pose_name, pose_name=args.pose_name)
+        save_image(result.image, args.out)
         if args.panel:
-            save_png(result.panel, args.panel)
+            save_image(result.panel, args.panel)
         print(f"generate: wrote {args.out} ({result.image.width}x{result.image.height})"
               + (f" and {args.panel}" if args.panel else ""))
         return
-    made, kept, failures = run_pairs(model, cfg, Path(args.pairs), Path(args.out_dir), size=size,
-                                     device=args.device)
-    print(f"generate: {made} written, {kept} kept from an earlier run, {len(failures)} failed")
-    for line in failures:
+    done = run_pairs(model, cfg, Path(args.pairs), Path(args.out_dir), model_sha=sha256_file(Path(args.model)),
+                     size=size, device=device)
+    print(f"generate: {done.made} written, {done.kept} kept from an earlier run with this model, size and inputs, "
+          f"{done.replaced} made again (an earlier run's model, size or inputs differed), {len(done.failures)} failed")
+    for line in done.failures:
         print(f"  failed: {line}")
-    if failures:
-        sys.exit(1)
+    if done.failures:
+        sys.exit(2)
 
 
 class UsageError(CocosnetError):
@@ -105,12 +143,17 @@ def main(argv: list[str] | None = None) -> None:
                                              "DeepFashion-HD candidate/subset)")
     gen.add_argument("--pose", help="the target pose's keypoints (in the exemplar photo's pixels, or a "
                                     "DeepFashion-HD file)")
-    gen.add_argument("--out", help="the output PNG, at the exemplar's size unless --size")
+    gen.add_argument("--out", help="the output .png or .jpg, at the exemplar's size unless --size")
     gen.add_argument("--panel", help="also write exemplar | target pose | finest warp | output")
     gen.add_argument("--pairs", help="a CSV exemplar,exemplar_pose,pose,out for a batch (resumable)")
     gen.add_argument("--out-dir", help="where --pairs outputs go")
     gen.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), help="output size")
     gen.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    gen.add_argument("--exemplar-pose-name", help="the entry of a keypoint file with several (COCO annotations, "
+                                                  "pose-transfer rows); default: the exemplar's file name")
+    gen.add_argument("--pose-name", help="the entry of a target keypoint file with several")
+    gen.add_argument("--max-image-side", type=int, help="refuse photos with a longer side (default 10000)")
+    gen.add_argument("--max-image-pixels", type=int, help="refuse photos with more pixels (default 40000000)")
     gen.set_defaults(run=generate)
     imp = sub.add_parser("import-official", help="convert the official latest_net_Corr.pth + latest_net_G.pth "
                                                  "into a model file of this project")

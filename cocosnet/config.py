@@ -9,6 +9,7 @@ stages and `dvc exp run -S` all see one file.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -17,7 +18,8 @@ from typing import Any, Literal
 
 import yaml
 
-from cocosnet.errors import CocosnetError
+from cocosnet.errors import CocosnetError, DataError
+from cocosnet.limits import read_text
 
 
 class ConfigError(CocosnetError, ValueError):
@@ -63,6 +65,11 @@ def check(lo: float | None = None, hi: float | None = None, *, lo_open: bool = F
 
 
 POSITIVE = dict(lo=0, lo_open=True)
+# Upper bounds on what sizes a model: far past any real setting (the paper's are 512 px and 128
+# channels), low enough that a forged model file cannot ask for terabytes.
+MAX_SIDE = 4096
+MAX_WIDTH = 2048
+MAX_LEVELS = 8
 FRACTION = dict(lo=0, hi=1, hi_open=True)  # [0, 1): Adam betas, EMA decay, the val share
 
 
@@ -71,8 +78,8 @@ class DataConfig:
     source: Literal["synthetic", "deepfashion"]
     root: str = check(nonempty=True)  # data root holding img/, pose/ and the lists
     processed: str = check(nonempty=True)  # where prepare/render_keypoints/build_pairs write
-    load_size: int = check(8)  # images and labels are cached at load_size x load_size
-    crop_size: int = check(8)  # the working resolution; random crops of load_size
+    load_size: int = check(8, MAX_SIDE)  # images and labels are cached at load_size x load_size
+    crop_size: int = check(8, MAX_SIDE)  # the working resolution; random crops of load_size
     on_bad_sample: Literal["error", "skip"]
     workers: int = check(0)  # processes for rendering; 0 = all cores
 
@@ -81,8 +88,8 @@ class DataConfig:
 class SyntheticConfig:
     num_identities: int = check(2)
     views_per_identity: int = check(2)
-    image_width: int = check(16)
-    image_height: int = check(16)
+    image_width: int = check(16, MAX_SIDE)
+    image_height: int = check(16, MAX_SIDE)
     val_fraction: float = check(**FRACTION)
     jpeg_quality: int = check(1, 100)
     seed: int = check(0)
@@ -90,9 +97,9 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class AlignConfig:
-    widths: tuple[int, ...] = check(1)  # one per pyramid level, coarse to fine (official 128, 128, 64, 32)
-    match_channels: int = check(1)
-    spade_hidden: int = check(1)
+    widths: tuple[int, ...] = check(1, MAX_WIDTH)  # one per pyramid level, coarse to fine (official 128, 128, 64, 32)
+    match_channels: int = check(1, MAX_WIDTH)
+    spade_hidden: int = check(1, MAX_WIDTH)
 
 
 @dataclass(frozen=True)
@@ -100,30 +107,30 @@ class CorrespondenceConfig:
     """Dense matching at the coarsest level, then one PatchMatch level per finer level. The tuples hold
     one entry per PatchMatch level (len(align.widths) - 1), coarse to fine."""
 
-    num_candidates: tuple[int, ...] = check(1)  # k kept per pixel (official 16)
-    iters: tuple[int, ...] = check(1)  # PatchMatch (+ GRU) iterations (official 5)
+    num_candidates: tuple[int, ...] = check(1, 256)  # k kept per pixel (official 16)
+    iters: tuple[int, ...] = check(1, 100)  # PatchMatch (+ GRU) iterations (official 5)
     gru: tuple[bool, ...]  # learned GRU update after each iteration; false = search only (the official in effect)
-    update_stride: tuple[int, ...] = check(1)  # the GRU runs on a grid pooled this many times
+    update_stride: tuple[int, ...] = check(1, 64)  # the GRU runs on a grid pooled this many times
     rerank: tuple[bool, ...]  # the GRU also biases the final candidate scores (not in the official code)
     search_radius: tuple[float, ...] = check(**POSITIVE)  # first random-search radius (level px), halved per iteration
-    search_samples: tuple[int, ...] = check(0)  # random-search samples per pixel and iteration
-    handed_down: tuple[int, ...] = check(1)  # best candidates of the coarser level that start this one (official 1)
-    gru_hidden: int = check(1)
+    search_samples: tuple[int, ...] = check(0, 256)  # random-search samples per pixel and iteration
+    handed_down: tuple[int, ...] = check(1, 256)  # best coarser candidates that start this level (official 1)
+    gru_hidden: int = check(1, MAX_WIDTH)
     temperature: float = check(**POSITIVE)
     pose_geometry: float = check(0)  # initial weight of the pose-geometry matching features; 0 = off (official)
     geometry_sharpness: float = check(**POSITIVE)  # exp(-sharpness * limb distance) (cocosnet/models/pose_geometry.py)
 @dataclass(frozen=True)
 class GeneratorConfig:
-    ngf: int = check(1)
-    head_width: int = check(1)
-    spade_hidden: int = check(1)
+    ngf: int = check(1, MAX_WIDTH)
+    head_width: int = check(1, MAX_WIDTH)
+    spade_hidden: int = check(1, MAX_WIDTH)
 
 
 @dataclass(frozen=True)
 class DiscriminatorConfig:
-    ndf: int = check(1)
-    n_layers: int = check(1)
-    num_d: int = check(1)
+    ndf: int = check(1, MAX_WIDTH)
+    n_layers: int = check(1, 8)
+    num_d: int = check(1, 8)
 
 
 @dataclass(frozen=True)
@@ -242,7 +249,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return _build(tp, value, key)
     if origin is Literal:
         if value not in typing.get_args(tp):
-            raise ConfigError(f"{key}: expected one of {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"{key}: expected one of {_type_name(tp)}, got {short(value)}")
         return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -255,24 +262,30 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 return _convert(value, arg, key)
             except ConfigError:
                 pass
-        raise ConfigError(f"{key}: expected {' | '.join(_type_name(a) for a in args)}, got {value!r}")
+        raise ConfigError(f"{key}: expected {' | '.join(_type_name(a) for a in args)}, got {short(value)}")
     if origin is tuple:
         (item, _) = typing.get_args(tp)
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {short(value)}")
         return tuple(_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value))
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             hint = " (write floats as 1.0e-4: YAML 1.1 reads 1e-4 as a string)" if isinstance(value, str) else ""
-            raise ConfigError(f"{key}: expected float, got {type(value).__name__} {value!r}{hint}")
-        return float(value)
+            raise ConfigError(f"{key}: expected float, got {type(value).__name__} {short(value)}{hint}")
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: expected a finite number, got {short(value)}")
+        return number
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected int, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected int, got {type(value).__name__} {short(value)}")
         return value
     if tp in (str, bool):
         if not isinstance(value, tp):
-            raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {short(value)}")
         return value
     raise TypeError(f"{key}: unsupported config type {tp!r}")
 
@@ -283,9 +296,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls)]
-    unknown = sorted(set(raw) - set(names))
+    unknown = sorted((str(k) for k in set(raw) - set(names)))
     if unknown:
-        keys = ", ".join(f"{prefix}.{k}" if prefix else str(k) for k in unknown)
+        keys = clip(", ".join(f"{prefix}.{k}" if prefix else k for k in unknown), 200)
         raise ConfigError(f"unknown key(s): {keys}; expected one of {names} in {where}")
     missing = [n for n in names if n not in raw]
     if missing:
@@ -298,8 +311,14 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         rule = f.metadata.get("check")
         for item in (value if isinstance(value, tuple) else (value,)):
             if rule is not None and not rule.ok(item):
-                raise ConfigError(f"{key}: expected {rule}, got {value!r}")
+                raise ConfigError(f"{key}: expected {rule}, got {short(value)}")
     return cls(**values)
+
+
+def checked(section: Any, prefix: str) -> Any:
+    """A config section built in code (say, from a weights file's shapes) put through the checks of
+    params.yaml's keys; ConfigError names the key under `prefix`."""
+    return _build(type(section), dataclasses.asdict(section), prefix)
 
 
 def config_from_dict(raw: dict) -> Config:
@@ -314,8 +333,9 @@ def _check_consistency(cfg: Config) -> None:
     if d.crop_size > d.load_size:
         raise ConfigError(f"data.crop_size ({d.crop_size}) must not exceed data.load_size ({d.load_size})")
     levels = len(cfg.model.align.widths)
-    if levels < 2:
-        raise ConfigError(f"model.align.widths must list 2 or more levels, got {list(cfg.model.align.widths)}")
+    if not 2 <= levels <= MAX_LEVELS:
+        raise ConfigError(f"model.align.widths must list 2 to {MAX_LEVELS} levels, "
+                          f"got {short(list(cfg.model.align.widths))}")
     stride = 2 ** (levels - 1)
     if d.crop_size % stride:
         raise ConfigError(f"data.crop_size ({d.crop_size}) must be divisible by {stride} ({levels} pyramid levels)")
@@ -335,14 +355,60 @@ def _check_consistency(cfg: Config) -> None:
                           "or -1 for a constant LR")
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML without aliases (a few lines of `&a [*b, *b, ...]` expand to gigabytes) and without
+    duplicate keys (where the last one would silently win)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(f"{event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not accepted "
+                              "in a params file; write the value out")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        lines: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = lines.get(key)
+            except TypeError:  # an unhashable key: the base class says so
+                continue
+            if first is not None:
+                raise ConfigError(f"{line}: key {short(key)} appears twice in one mapping (first on line {first})")
+            lines[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """`text` cut to `limit` characters for a one-line message."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """repr of a value for a one-line message, cut to `limit` characters."""
+    return clip(repr(value), limit)
+
+
 def read_yaml(path: str | Path) -> dict:
+    """A params or profile file as a dict: UTF-8, a regular file under the text cap, no aliases, no
+    duplicate keys; any failure is a one-line ConfigError naming the file."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(read_text(path, "params file"), Loader=_StrictLoader)  # noqa: S506 -- a SafeLoader
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}:{exc}") from None
+    except (DataError, OSError) as exc:
+        raise ConfigError(f"{path}: cannot read the params file ({str(exc).split(': ', 1)[-1]})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+        raise ConfigError(f"{path}: invalid YAML ({' '.join(str(exc).split())[:300]})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a params file") from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise ConfigError(f"{path}: invalid value ({str(exc)[:160]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return raw

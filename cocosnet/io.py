@@ -15,7 +15,9 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -45,17 +47,70 @@ def storage_error(path: Path, exc: OSError) -> StorageError:
     return StorageError(f"{path}: could not be written ({exc.strerror or exc})")
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux says it (/proc), else by the set-and-restore."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_HOST = hashlib.sha256(socket.gethostname().encode("utf-8")).hexdigest()[:8]
+
+
+def _temp_prefix(path: Path) -> str:
+    """`.<name>.<host>-<pid>.`: whose temporary file it is, so a later writer can clear a dead one's."""
+    return f".{path.name}.{_HOST}-{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def clear_orphans(path: Path) -> list[Path]:
+    """Remove the temporary files that writers of `path` on this host left when killed (their process is
+    gone); a live writer's file is left alone. Returns those removed."""
+    path = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.{_HOST}-(\d+)\.[^/]*\.tmp$")
+    removed = []
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for sibling in siblings:
+        m = pattern.match(sibling.name)
+        if m and int(m[1]) != os.getpid() and not _alive(int(m[1])):
+            sibling.unlink(missing_ok=True)
+            removed.append(sibling)
+    return removed
+
+
 def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write `data` (str is UTF-8) to `path` atomically and durably."""
+    """Write `data` (str is UTF-8) to `path` atomically and durably, with the mode a plain `open` would
+    give (0666 less the umask; a temporary file's 0600 must not survive the rename). Temporary files
+    that killed writers of `path` left behind are cleared first."""
     path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        clear_orphans(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     except OSError as exc:
         raise storage_error(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())

@@ -13,6 +13,8 @@ a warning is printed once and tracking switches off for the run.
 from __future__ import annotations
 
 import os
+import re
+import sqlite3
 import subprocess
 import warnings
 from dataclasses import asdict
@@ -36,6 +38,44 @@ def code_version() -> str:
 
 def tracking_uri(cfg: Config, repo_root: Path) -> str:
     return cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root.resolve()}/mlflow.db"
+
+
+def relocate_local_store(uri: str) -> list[str]:
+    """Point a moved or copied SQLite store's artifact folders at the `mlruns/` beside it.
+
+    MLflow records each experiment's default artifact folder (`<folder of mlflow.db>/mlruns/<id>`) and
+    each run's as absolute paths, so a clone that was moved or copied would go on logging into the
+    original's folder. Only locations of that default form are rewritten (in the experiments and runs
+    tables); any other artifact location is left as set. This also puts a new experiment's folder beside
+    the store rather than in the working directory (MLflow's `./mlruns`). Returns the ids of the
+    experiments relocated that held runs."""
+    if not uri.startswith("sqlite:///"):
+        return []
+    db = Path(uri[len("sqlite:///"):])
+    if not db.is_file():
+        return []
+    root = str(db.resolve().parent / "mlruns")
+    moved = []
+    con = sqlite3.connect(db, timeout=60)
+    try:
+        with con:
+            for exp_id, location in con.execute("SELECT experiment_id, artifact_location FROM experiments").fetchall():
+                m = re.fullmatch(rf"(?:file://)?(/.*/mlruns)/{exp_id}", location or "")
+                if not m or m[1] == root:
+                    continue
+                old = location[: -len(str(exp_id)) - 1]
+                con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                            (f"{root}/{exp_id}", exp_id))
+                changed = con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                                      "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+                                      (root, len(old) + 1, exp_id, len(old), old)).rowcount
+                if changed:
+                    moved.append(str(exp_id))
+    except sqlite3.Error:  # not an MLflow store of the expected schema: leave it to MLflow to say so
+        return []
+    finally:
+        con.close()
+    return moved
 
 
 class Tracker:
@@ -75,6 +115,10 @@ class Tracker:
         self._mlflow = mlflow
         mlflow.set_tracking_uri(self.uri)
         exp = mlflow.set_experiment(self.experiment)
+        moved = relocate_local_store(self.uri)
+        if moved:
+            warnings.warn(f"MLflow store {self.uri} was moved or copied: the artifact folders of its experiments "
+                          f"{', '.join(moved)} now point beside it", stacklevel=3)
         parent_id = None
         pipeline = os.environ.get(PIPELINE_ENV)
         if pipeline:

@@ -34,7 +34,13 @@ def stage_lock(name: str, folder: Path = LOCKS) -> Iterator[None]:
         return
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.lock"
-    with open(path, "a+") as fh:
+    try:  # never through a planted link: truncating the lock would truncate its target
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StageLocked(f"{path}: is a symbolic link, not a lock file; remove it and rerun") from None
+        raise
+    with os.fdopen(fd, "r+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

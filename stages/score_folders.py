@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
-from PIL import Image
 
+from cocosnet.errors import CocosnetError
 from cocosnet.io import atomic_write_json
+from cocosnet.limits import MAX_PIXELS_ENV, MAX_SIDE_ENV, open_image
 from cocosnet.metrics.fid import FidUnavailable
 from cocosnet.metrics.images import paired_files
 from cocosnet.metrics.scoring import fid_scores, paired_scores, swd_scores
@@ -26,7 +28,7 @@ def score(real_dir: Path, fake_dir: Path, *, paired: bool, swd_size: int, incept
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     real, fake = paired_files(real_dir, fake_dir)
     candidate = {"fake": fake}
-    with Image.open(real[0]) as first:
+    with open_image(real[0]) as first:
         out: dict = {"images": len(real), "size": list(first.size)}
     if paired:
         out["paired"] = {name: d["fake"] for name, d in paired_scores(real, candidate).items()}
@@ -47,11 +49,16 @@ def main() -> None:
     parser.add_argument("--inception-weights", default="", help="pytorch-fid Inception file; empty = no FID")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--max-image-side", type=int, help=f"refuse images with a longer side (sets {MAX_SIDE_ENV})")
+    parser.add_argument("--max-image-pixels", type=int, help=f"refuse images with more pixels (sets {MAX_PIXELS_ENV})")
     args = parser.parse_args()
+    for env, value in ((MAX_SIDE_ENV, args.max_image_side), (MAX_PIXELS_ENV, args.max_image_pixels)):
+        if value is not None:
+            os.environ[env] = str(value)
     try:
         result = score(args.real, args.fake, paired=args.paired, swd_size=args.swd_size,
                        inception_weights=args.inception_weights, seed=args.seed)
-    except (ValueError, FileNotFoundError) as exc:
+    except (CocosnetError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     if args.out:

@@ -4,6 +4,8 @@ correspondences. Test modules import from here, never from each other (nor does 
 import argparse
 import functools
 import math
+import struct
+import zlib
 from pathlib import Path
 
 import torch
@@ -111,3 +113,14 @@ def inputs(size, seed=0):
     g = torch.Generator().manual_seed(seed)
     return (torch.rand(1, 20, size, size, generator=g), torch.rand(1, 3, size, size, generator=g) * 2 - 1,
             torch.rand(1, 20, size, size, generator=g), torch.rand(1, 3, size, size, generator=g) * 2 - 1)
+
+
+def png_header(path, width, height):
+    """A PNG whose header declares width x height and whose pixels are absent: what the caps must read."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b""))
+                     + chunk(b"IEND", b""))
+    return path

@@ -97,11 +97,14 @@ def _with(dotted: str, value):
 @pytest.mark.parametrize("dotted,value,expected", [
     ("eval.max_pairs", -1, ">= 0"), ("eval.batch_size", 0, ">= 1"), ("eval.jpeg_quality", 500, "in [1, 100]"),
     ("train.lr", -1.0, "> 0"), ("train.ema_decay", 1.5, "in [0, 1)"), ("train.beta2", 2.0, "in [0, 1)"),
-    ("model.correspondence.iters", [3, 0, 3], ">= 1"), ("model.correspondence.temperature", 0.0, "> 0"),
+    ("model.correspondence.iters", [3, 0, 3], "in [1, 100]"), ("model.correspondence.temperature", 0.0, "> 0"),
     ("data.workers", -3, ">= 0"), ("eval.swd_size", -1, ">= 16 or 0"), ("eval.swd_size", 8, ">= 16 or 0"),
-    ("pretrain.lr", 0.0, "> 0"), ("model.align.widths", [16, 0, 8, 8], ">= 1"),
+    ("pretrain.lr", 0.0, "> 0"), ("model.align.widths", [16, 0, 8, 8], "in [1, 2048]"),
     ("loss_weights.warp_self", -1.0, ">= 0"), ("synthetic.jpeg_quality", 0, "in [1, 100]"),
     ("vgg.weights", "", "a non-empty string"), ("train.decay_start", 500, "must be < train.steps"),
+    ("train.lr", float("inf"), "a finite number"), ("train.grad_clip", float("nan"), "a finite number"),
+    ("loss_weights.gan", float("inf"), "a finite number"), ("data.crop_size", 2 ** 20, "in [8, 4096]"),
+    ("model.generator.ngf", 10 ** 6, "in [1, 2048]"), ("train.lr", 10 ** 400, "a finite number"),
 ])
 def test_each_out_of_range_param_is_refused_by_name_before_any_work(dotted, value, expected):
     with pytest.raises(ConfigError, match=re.escape(dotted) + ".*" + re.escape(expected)):

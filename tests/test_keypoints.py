@@ -99,7 +99,7 @@ def test_deepfashion_pair_is_found_from_either_file(tmp_path):
     ({"people": [{"face": []}]}, None, r"people\[0\] has no pose_keypoints_2d"),
     ({"keypoints": [0] * 50}, None, r"50 values, expected 51"),
     ({"annotations": [{"image_id": 1, "keypoints": [0] * 51}, {"image_id": 2, "keypoints": [0] * 51}]}, None,
-     r"holds 2 annotations; pass name="),
+     r"holds 2 annotations; choose one by its image name"),
     ({"annotations": [{"image_id": 1, "keypoints": [0] * 51}]}, "nobody.jpg", r"no annotation named 'nobody.jpg'"),
     ({"annotations": [{"image_id": 1, "keypoints": [0] * 51}, {"image_id": 1, "keypoints": [0] * 51}]}, 1,
      r"name 1 is ambiguous \(2 annotations match\)"),

@@ -176,3 +176,21 @@ def test_import_official_errors_are_one_line(tmp_path, capsys):
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nothing.pth'}: no such file"
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_forged_official_weights_are_refused_before_any_large_allocation(tmp_path):
+    """A stride-0 tensor declares gigabytes in a few bytes of file; a real tensor can still declare widths
+    past any real model; NaN weights draw an all-black image. Each is a WeightsError naming the file."""
+    corr = torch.load(CORR, weights_only=True)
+    inputs = corr["theta_0.weight"].shape[1]
+    stride0 = {**corr, "theta_0.weight": torch.zeros(1).expand(1_000_000, inputs, 1, 1)}
+    with pytest.raises(WeightsError, match=r"stride0\.pth: tensor 'theta_0\.weight' declares shape \(1000000, "):
+        load_official(_saved(tmp_path, stride0, "stride0.pth"), GEN)
+    wide = {**corr, "theta_0.weight": torch.zeros(3000, inputs, 1, 1)}
+    with pytest.raises(WeightsError, match=r"out of bounds .*model\.align\.match_channels: expected in \[1, 2048\]"):
+        load_official(_saved(tmp_path, wide, "wide.pth"), GEN)
+    nan = dict(corr)
+    nan["phi_2.weight"] = corr["phi_2.weight"].clone()
+    nan["phi_2.weight"][0] = float("nan")
+    with pytest.raises(WeightsError, match=r"nan\.pth: tensor 'phi_2\.weight' holds NaN or infinite values"):
+        load_official(_saved(tmp_path, nan, "nan.pth"), GEN)

@@ -15,6 +15,7 @@ import torch
 from cocosnet.data.dataset import PairDataset
 from cocosnet.errors import CheckpointError
 from cocosnet.io import sha256_file
+from cocosnet.models.cocosnet import CoCosNet
 from cocosnet.train.checkpoint import list_checkpoints, load_checkpoint, load_model
 from cocosnet.train.inputs import STAGES
 from cocosnet.train.loop import RunPaths, run_training
@@ -91,11 +92,41 @@ def test_a_run_killed_after_its_last_checkpoint_rewrites_model_and_samples(data,
     before = load_checkpoint(model)["model"]
     model.unlink()
     shutil.rmtree(samples)
-    with pytest.warns(UserWarning, match="has finished all 4 steps"):
+    with pytest.warns(UserWarning, match="is at step 4, the step count asked for"):
         train(cfg, "pretrain", processed, tmp_path)
     after = load_checkpoint(model)["model"]
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert (samples / "step-000004.png").exists()
+
+
+def _steps(cfg, steps, **extra):
+    return dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, steps=steps, checkpoint_every=2,
+                                                                 **extra))
+
+
+@pytest.mark.parametrize("keep_last", [6, 1])
+def test_a_shorter_run_returns_the_model_at_its_own_step(data, tmp_path, keep_last):
+    """6 steps, then 3: the model equals a straight 3-step run bit for bit, resumed from the kept step-2
+    checkpoint (keep_last 6) or trained afresh (keep_last 1: none at or below 3 is kept); the longer set is kept aside
+    and a 6-step run after it takes it back without training."""
+    raw, processed = data
+    cfg = tiny_training_config(raw, processed, crop=32)
+    _, straight = train(_steps(cfg, 3, keep_last=keep_last), "pretrain", processed, tmp_path / "straight")
+    out = tmp_path / "run"
+    _, six = train(_steps(cfg, 6, keep_last=keep_last), "pretrain", processed, out)
+    with pytest.warns(UserWarning, match="past step 3"):
+        _, three = train(_steps(cfg, 3, keep_last=keep_last), "pretrain", processed, out)
+    written = load_checkpoint(out / "model.pt")
+    assert written["step"] == 3
+    for key, value in state(straight).items():
+        assert torch.equal(three.state_dict()[key], value), key
+        assert torch.equal(written["model"][key], value), key
+    assert any(not torch.equal(six.state_dict()[k], v) for k, v in state(straight).items())
+    assert max(int(p.stem[5:]) for p in list_checkpoints(out / "ckpt")) == 3
+    with pytest.warns(UserWarning, match="resuming the checkpoints of these exact inputs"):
+        _, again = train(_steps(cfg, 6, keep_last=keep_last), "pretrain", processed, out)
+    assert load_checkpoint(out / "model.pt")["step"] == 6
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in state(six).items())
 
 
 def test_resume_after_sigkill_ends_at_the_same_weights(data, tmp_path):
@@ -151,13 +182,19 @@ def test_ddp_on_two_cpu_processes_matches_one_process(data, tmp_path):
     rank0, rank1, single = (torch.load(tmp_path / name, weights_only=True) for name in
                             ("params-world2-rank0.pt", "params-world2-rank1.pt", "params-world1-rank0.pt"))
     assert (tmp_path / "model-world2.pt").exists() and list_checkpoints(tmp_path / "ckpt-world2")
-    exact = 0
+    cfg = tiny_training_config(raw, processed, crop=32)
+    torch.manual_seed(cfg.pretrain.seed)  # the initial weights, as the trainer builds them
+    initial = CoCosNet.from_config(cfg).state_dict()
+    moved, apart = 0.0, 0.0
     for key, value in rank0.items():
         torch.testing.assert_close(rank1[key], value, rtol=0, atol=0, msg=f"ranks disagree on {key}")
-        # Summation order differs between 2 ranks and 1 process; Adam turns such float noise in
-        # near-zero gradients into small steps, and the discrete PatchMatch search can flip a candidate
-        # on it, so a few GRU tensors may differ by a step or two (lr 2e-4; measured: 8 of 512 tensors
-        # beyond 1e-6, the largest 3.1e-4). A wrong split of the batch would move nearly every tensor.
+        # Summation order differs between 2 ranks and 1 process. Adam turns that float noise, in the
+        # near-zero gradients of the zero-initialised GRU update and elsewhere, into steps of up to lr,
+        # and how many tensors it touches depends on the CPU's kernels (8 of 512 beyond 1e-6 on an
+        # AVX-512 Zen 4, 239 on one without). So the test weighs the whole: one process and two ranks
+        # must end where the training moved, within a small share of how far it moved (measured: 0.17%
+        # of the distance moved; one process trained on half of each batch lands 2.4% away).
         torch.testing.assert_close(single[key], value, rtol=0, atol=1e-3, msg=f"DDP != one process on {key}")
-        exact += bool(torch.allclose(single[key], value, rtol=0, atol=1e-6))
-    assert exact >= 0.95 * len(rank0)
+        moved += float(((value - initial[key]).double() ** 2).sum())
+        apart += float(((single[key] - value).double() ** 2).sum())
+    assert moved > 0 and (apart / moved) ** 0.5 < 0.008, (apart / moved) ** 0.5

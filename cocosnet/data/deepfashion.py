@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from cocosnet.errors import DataError
+from cocosnet.limits import open_image, read_bounded
 
 PAD_VALUE = 232
 KEYPOINT_FRAME = 1024
@@ -55,9 +56,11 @@ def read_list_lines(path: Path) -> list[tuple[int, str]]:
     CRLF line endings (the published lists come from Windows) are accepted.
     """
     try:
-        raw = path.read_bytes()
+        raw = read_bounded(path, "list file")
     except FileNotFoundError:
         raise DataError(f"{path}: list file not found") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the list file ({exc.strerror or exc})") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -111,10 +114,13 @@ def pose_paths(root: Path, image_rel: str) -> tuple[Path, Path]:
 
 
 def load_image(path: Path) -> np.ndarray:
-    """Read a photo as uint8 RGB (H, W, 3); a corrupt or truncated file raises DataError."""
+    """Read a photo as uint8 RGB (H, W, 3), turned upright by its EXIF orientation (as OpenPose and other
+    OpenCV-based detectors read it, so its keypoints match). A corrupt or truncated file, or one over the
+    size caps (`cocosnet.limits`, checked from the header before decoding), raises DataError."""
     try:
-        with Image.open(path) as im:
-            im.load()
+        with open_image(path) as opened:
+            opened.load()
+            im = ImageOps.exif_transpose(opened)
             if im.mode not in ("RGB", "L", "RGBA", "P", "CMYK", "YCbCr"):
                 raise DataError(f"{path}: unsupported image mode {im.mode}")
             if im.mode == "RGBA":

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cocosnet.config import short
 from cocosnet.data.deepfashion import KEYPOINT_FRAME, SquareFrame
 from cocosnet.data.pose import NUM_JOINTS, PoseFileError, read_openpose, render_label_resized
+from cocosnet.limits import read_text
 
 BODY25_TO_COCO18 = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)  # drops MidHip (8), feet
 # COCO-17 index for each of the 18 OpenPose joints; the neck (None) is the shoulders' midpoint.
@@ -34,19 +36,21 @@ SNAP_DECIMALS = 9  # frame maps round to 1e-9 px: a round trip lands on the same
 def _numbers(values, path: Path, what: str) -> np.ndarray:
     if not isinstance(values, list):
         raise PoseFileError(f"{path}: {what} must be a list of numbers, got {type(values).__name__}")
-    try:
-        return np.asarray([float(v) for v in values], dtype=np.float64)
-    except (TypeError, ValueError):
-        bad = next(v for v in values if not _is_number(v))
-        raise PoseFileError(f"{path}: {what} holds a non-numeric value {bad!r}") from None
+    bad = [v for v in values if not _is_number(v)]
+    if bad:
+        raise PoseFileError(f"{path}: {what} holds a non-numeric value {short(bad[0])}")
+    # Non-finite values (JSON NaN / Infinity) are kept: they mark the joint missing.
+    return np.asarray([float(v) for v in values], dtype=np.float64)
 
 
 def _is_number(value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return False
     try:
         float(value)
-    except (TypeError, ValueError):
+    except (ValueError, OverflowError):  # not a number, or an integer past float's range
         return False
-    return not isinstance(value, bool)
+    return True
 
 
 def _triples(flat: np.ndarray, path: Path, what: str, allowed: tuple[int, ...]) -> np.ndarray:
@@ -62,25 +66,29 @@ def _openpose_json(doc: dict, path: Path) -> np.ndarray:
         raise PoseFileError(f"{path}: OpenPose JSON with no person in `people`")
     best, best_score = None, -math.inf
     for i, person in enumerate(people):
+        if not isinstance(person, dict):
+            raise PoseFileError(f"{path}: people[{i}] is a {type(person).__name__}, expected an object with "
+                                "pose_keypoints_2d")
         key = "pose_keypoints_2d" if "pose_keypoints_2d" in person else "pose_keypoints"
         if key not in person:
             raise PoseFileError(f"{path}: people[{i}] has no pose_keypoints_2d (nor pose_keypoints)")
         joints = _triples(_numbers(person[key], path, f"people[{i}].{key}"), path, f"people[{i}].{key}",
                           (25, 18))
-        score = float(joints[:, 2].sum())
-        if score > best_score:
-            best, best_score = joints, score
+        confidence = np.where(np.isfinite(joints[:, 2]), joints[:, 2], 0.0)  # NaN / inf: no confidence
+        score = float(np.clip(confidence, 0, None).sum())
+        if best is None or score > best_score:
+            best, best_score = np.column_stack([joints[:, :2], confidence]), score
     if best.shape[0] == 25:
         best = best[list(BODY25_TO_COCO18)]
     out = best[:, :2].copy()
-    out[best[:, 2] <= 0] = np.nan
+    out[(best[:, 2] <= 0) | ~np.isfinite(out).all(axis=1)] = np.nan
     return out
 
 
 def _coco_annotation(ann: dict, path: Path, where: str) -> np.ndarray:
     joints = _triples(_numbers(ann.get("keypoints"), path, f"{where}keypoints"), path, f"{where}keypoints", (17,))
     xy = joints[:, :2].copy()
-    xy[joints[:, 2] <= 0] = np.nan
+    xy[~(joints[:, 2] > 0) | ~np.isfinite(xy).all(axis=1)] = np.nan
     out = np.full((NUM_JOINTS, 2), np.nan)
     for joint, source in enumerate(COCO17_TO_COCO18):
         if source is not None:
@@ -90,12 +98,18 @@ def _coco_annotation(ann: dict, path: Path, where: str) -> np.ndarray:
     return out
 
 
+class AmbiguousPoseFile(PoseFileError):
+    """A keypoint file with several entries (COCO annotations, pose-transfer rows) and no name to choose by."""
+
+
 def _select(items: list, name: str | None, path: Path, what: str, keys) -> int:
     """The index of the one item `name` selects (or the only item)."""
     if name is None:
         if len(items) == 1:
             return 0
-        raise PoseFileError(f"{path}: holds {len(items)} {what}; pass name= to choose one")
+        raise AmbiguousPoseFile(f"{path}: holds {len(items)} {what}; choose one by its image name "
+                                "(`cocosnet generate --pose-name / --exemplar-pose-name`, or the pairs CSV's "
+                                "pose_name / exemplar_pose_name columns)")
     hits = [i for i, item in enumerate(items) if str(name) in keys(item)]
     if not hits:
         raise PoseFileError(f"{path}: no {what[:-1] if what.endswith('s') else what} named {name!r}")
@@ -113,11 +127,13 @@ def _coco_json(doc, path: Path, name: str | None) -> np.ndarray:
         anns, images = doc, []
     if not isinstance(anns, list) or not all(isinstance(a, dict) for a in anns):
         raise PoseFileError(f"{path}: `annotations` must be a list of objects")
-    files = {img.get("id"): str(img.get("file_name", "")) for img in images if isinstance(img, dict)}
+    if not isinstance(images, list):
+        raise PoseFileError(f"{path}: `images` must be a list of objects")
+    files = {str(img.get("id")): str(img.get("file_name", "")) for img in images if isinstance(img, dict)}
 
     def keys(ann: dict) -> set[str]:
         image_id = ann.get("image_id")
-        file = files.get(image_id, "")
+        file = files.get(str(image_id), "")
         return {str(image_id), file, Path(file).name, Path(file).stem} - {"", "None"}
 
     i = _select(anns, name, path, "annotations", keys)
@@ -141,7 +157,7 @@ def _pose_transfer_csv(text: str, path: Path, name: str | None) -> np.ndarray:
     for label, raw in (("y", ys), ("x", xs)):
         try:
             values = json.loads(raw)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, an integer of thousands of digits, deep nesting
             raise PoseFileError(f"{path}:{lineno}: the {label} list is not a list of numbers: "
                                 f"{raw.strip()[:60]!r}") from None
         values = _numbers(values, Path(f"{path}:{lineno}"), f"the {label} list")
@@ -165,17 +181,21 @@ def read_keypoints(path: str | Path, *, name: str | None = None) -> np.ndarray:
     """(18, 2) float64 (x, y) in the file's pixel frame, NaN for a missing joint (formats: module doc)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_text(path, "keypoint file")
     except FileNotFoundError:
         raise PoseFileError(f"{path}: keypoint file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PoseFileError(f"{path}: cannot read the keypoint file ({exc})") from None
+    except OSError as exc:
+        raise PoseFileError(f"{path}: cannot read the keypoint file ({exc.strerror or exc})") from None
     stripped = text.lstrip()
     if stripped[:1] in "{[":
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
             raise PoseFileError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise PoseFileError(f"{path}: JSON nested too deeply to be a keypoint file") from None
+        except ValueError as exc:  # e.g. an integer of more digits than Python converts
+            raise PoseFileError(f"{path}: invalid JSON ({str(exc)[:120]})") from None
         if isinstance(doc, dict) and "people" in doc:
             return _openpose_json(doc, path)
         if (isinstance(doc, dict) and ("keypoints" in doc or "annotations" in doc)) or (

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from cocosnet.errors import DataError
+from cocosnet.limits import read_text
 
 NUM_JOINTS = 18
 NUM_LIMBS_DRAWN = 17
@@ -58,11 +59,11 @@ class PoseFileError(DataError):
 def _read_table(path: Path, min_cols: int, what: str) -> np.ndarray:
     """Parse a whitespace-separated numeric table, with errors that name the line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, f"{what} file")
     except FileNotFoundError:
         raise PoseFileError(f"{path}: {what} file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PoseFileError(f"{path}: cannot read {what} file ({exc})") from None
+    except OSError as exc:
+        raise PoseFileError(f"{path}: cannot read {what} file ({exc.strerror or exc})") from None
     rows: list[list[float]] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
@@ -139,6 +140,15 @@ def write_openpose(keypoints: np.ndarray, candidate_path: str | Path, subset_pat
     fmt = "%.18e"
     np.savetxt(candidate_path, candidate.reshape(-1, 4), fmt=fmt)
     np.savetxt(subset_path, subset[None], fmt=fmt)
+
+
+def drawn_joints(keypoints: np.ndarray, canvas_size: int = OFFICIAL_CANVAS) -> np.ndarray:
+    """(18,) bool: the joints whose disc lands on the canvas (keypoints in its frame), those a label shows."""
+    keypoints = np.asarray(keypoints, dtype=np.float64)
+    radius = max(1, round(OFFICIAL_RADIUS * canvas_size / OFFICIAL_CANVAS))
+    with np.errstate(invalid="ignore"):
+        inside = (keypoints > -radius) & (keypoints < canvas_size + radius)
+    return np.isfinite(keypoints).all(axis=1) & inside.all(axis=1)
 
 
 def _usable(point: np.ndarray, canvas_size: int) -> bool:

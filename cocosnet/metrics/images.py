@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cocosnet.limits import open_image
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
@@ -23,12 +25,12 @@ def list_images(folder: str | Path) -> list[Path]:
 def read_rgb(path: Path) -> np.ndarray:
     """(H, W, 3) uint8; grayscale, RGBA, palette and other modes are refused, not silently converted."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             im.load()
             mode = im.mode
             arr = np.asarray(im)
     except OSError as exc:
-        raise ValueError(f"{path}: cannot read image ({exc})") from exc
+        raise ValueError(f"{path}: cannot read image ({exc})") from None
     if mode != "RGB":
         raise ValueError(f"{path}: expected an RGB image, got mode {mode!r} "
                          f"({'grayscale' if mode in ('L', 'I', 'F', '1') else 'with alpha' if 'A' in mode else mode}); "

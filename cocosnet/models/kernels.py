@@ -24,12 +24,14 @@ rather than copied by every score pass.
 The kernels are compiled with the machine's C++ compiler through `torch.utils.cpp_extension` the
 first time they are needed (about 30 s; `make` does it at install with `python -m
 cocosnet.models.kernels`) and cached under ~/.cache/torch_extensions (or
-$TORCH_EXTENSIONS_DIR). Set COCOSNET_CPU_KERNELS=0 to use the tensor versions in
-models/patchmatch.py; where the build fails, a warning says why and the tensor versions are used.
+$TORCH_EXTENSIONS_DIR), one build per checkout and source (`build_name`). Set
+COCOSNET_CPU_KERNELS=0 to use the tensor versions in models/patchmatch.py; where the build fails, a
+warning says why and the tensor versions are used.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -62,12 +64,21 @@ def build_extension(name: str, source: Path, env: str, *, what: str, instead: st
     flags = ["-fopenmp"] if openmp else []
     try:
         with _pinned_ninja_first():
-            return load(name=name, sources=[str(source)], verbose=False, extra_cflags=["-O3", *flags],
-                        extra_ldflags=flags)
+            return load(name=build_name(name, source), sources=[str(source)], verbose=False,
+                        extra_cflags=["-O3", *flags], extra_ldflags=flags)
     except Exception as error:  # a failed build: the fallback still works
         warnings.warn(f"{source.name}: {what} could not be built ({error}); {instead}. Set {env}=0 to skip the "
                       "attempt.", RuntimeWarning, stacklevel=3)
         return None
+
+
+def build_name(name: str, source: Path) -> str:
+    """`name` keyed by the source's path and content: the build cache is shared by every checkout, and one
+    build folder per name would make two checkouts (whose build files name different paths) rebuild
+    each other's build on every call."""
+    source = Path(source).resolve()
+    key = hashlib.sha256(str(source).encode("utf-8") + b"\0" + source.read_bytes()).hexdigest()[:12]
+    return f"{name}_{key}"
 
 
 def report_build(source: Path, extension, fallback: str) -> None:

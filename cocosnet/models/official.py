@@ -29,10 +29,12 @@ from torch import Tensor
 
 from cocosnet.config import (
     AlignConfig,
+    ConfigError,
     CorrespondenceConfig,
     DiscriminatorConfig,
     GeneratorConfig,
     ModelConfig,
+    checked,
 )
 from cocosnet.data.pose import LABEL_CHANNELS
 from cocosnet.errors import WeightsError
@@ -130,10 +132,13 @@ def official_model_config(corr: Mapping[str, Tensor], gen: Mapping[str, Tensor],
     if fc[1] != 3 * levels + LABEL_CHANNELS:
         raise WeightsError(f"{gen_name}: fc.weight takes {fc[1]} channels; {levels} warps and the label make "
                            f"{3 * levels + LABEL_CHANNELS}")
-    if base is None:
-        return ModelConfig(align=align, correspondence=official_correspondence(levels), generator=generator,
-                           discriminator=OFFICIAL_DISCRIMINATOR)
-    return replace(base, align=align, generator=generator)
+    found = (ModelConfig(align=align, correspondence=official_correspondence(levels), generator=generator,
+                         discriminator=OFFICIAL_DISCRIMINATOR) if base is None
+             else replace(base, align=align, generator=generator))
+    try:
+        return checked(found, "model")
+    except ConfigError as exc:
+        raise WeightsError(f"{corr_name}, {gen_name}: the shapes describe a model out of bounds ({exc})") from None
 
 
 def _check_config(given: ModelConfig, found: ModelConfig, corr_name: str, gen_name: str) -> None:
@@ -163,7 +168,7 @@ def _check_config(given: ModelConfig, found: ModelConfig, corr_name: str, gen_na
 
 def _read(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise WeightsError(f"{path}: no such file")
     return read_state_dict(path)
 

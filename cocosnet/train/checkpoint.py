@@ -22,9 +22,11 @@ from pathlib import Path
 import torch
 
 from cocosnet.config import Config, flatten
-from cocosnet.errors import CheckpointError
+from cocosnet.errors import CheckpointError, DataError
 from cocosnet.io import atomic_write
+from cocosnet.limits import regular_file
 from cocosnet.models.cocosnet import CoCosNet
+from cocosnet.state_file import tensor_problem
 
 FORMAT = "cocosnet-v2/1"
 _NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
@@ -48,6 +50,18 @@ def _digest(obj, h) -> None:
         h.update(f"V{obj!r}".encode())
 
 
+def _tensors(obj, prefix: str = ""):
+    """(dotted key, tensor) for every tensor nested in dicts and lists."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(obj, list | tuple):
+        for i, value in enumerate(obj):
+            yield from _tensors(value, f"{prefix}[{i}]")
+
+
 def content_sha256(state: dict) -> str:
     h = hashlib.sha256()
     _digest({k: v for k, v in state.items() if k != "sha256"}, h)
@@ -69,21 +83,37 @@ def load_checkpoint(path: Path) -> dict:
     path = Path(path)
     hint = "delete it (or move it away) and rerun the stage that writes it"
     try:
+        regular_file(path, "model or checkpoint file")
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
+    except DataError as exc:
+        raise CheckpointError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 -- torch raises RuntimeError/EOFError/UnpicklingError/...
         raise CheckpointError(f"{path}: unreadable, truncated or corrupt ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0][:160]}); {hint}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "sha256" not in state:
         raise CheckpointError(f"{path}: not a {FORMAT} model or checkpoint file; {hint}")
-    if content_sha256(state) != state["sha256"]:
-        raise CheckpointError(f"{path}: checksum mismatch, the file is corrupt; {hint}")
+    model = state.get("model")
+    try:
+        problem = tensor_problem(dict(_tensors(state)), finite=False) or tensor_problem(
+            model if isinstance(model, dict) else {})
+        if problem:  # checked before the checksum, which reads every declared element
+            raise CheckpointError(f"{path}: {problem}; {hint}")
+        if content_sha256(state) != state["sha256"]:
+            raise CheckpointError(f"{path}: checksum mismatch, the file is corrupt; {hint}")
+    except RecursionError:
+        raise CheckpointError(f"{path}: nested too deeply to be a {FORMAT} file; {hint}") from None
     return state
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:
     return Path(directory) / f"ckpt-{step:08d}.pt"
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step in a checkpoint's name (ckpt-00000040.pt -> 40)."""
+    return int(_NAME.match(Path(path).name)[1])
 
 
 def list_checkpoints(directory: Path) -> list[Path]:

@@ -74,7 +74,8 @@ def build(cfg: Config, spec: StageSpec, device: torch.device, *, distributed: bo
 def resume(trainer: Trainer, cfg: Config, spec: StageSpec, inputs: dict, paths: RunPaths,
            info: DistInfo) -> tuple[int, list[dict]]:
     """Load the checkpoint to resume, or initialise from `paths.init`; returns (start step, history)."""
-    state = choose_resume(paths.ckpt_dir, inputs, stage=spec.name) if info.is_main else None
+    steps = section_of(cfg, spec).steps
+    state = choose_resume(paths.ckpt_dir, inputs, stage=spec.name, max_step=steps) if info.is_main else None
     if info.world > 1:
         dist.barrier()  # the main rank has moved superseded or corrupt checkpoints out of the way
         if not info.is_main and list_checkpoints(paths.ckpt_dir):
@@ -143,9 +144,9 @@ def run_training(cfg: Config, spec: StageSpec, pairs: pd.DataFrame, paths: RunPa
                 "model": trainer.model.state_dict(), "trainer": trainer.state_dict(),
                 "torch_rng": torch.get_rng_state(), "history": history})
             prune(paths.ckpt_dir, section.keep_last)
-    if start >= section.steps:
-        warnings.warn(f"{spec.name}: the checkpoint in {paths.ckpt_dir} has finished all {section.steps} steps for "
-                      "these inputs; writing its model", stacklevel=2)
+    if start == section.steps:
+        warnings.warn(f"{spec.name}: the checkpoint in {paths.ckpt_dir} is at step {section.steps}, the step count "
+                      "asked for, with these inputs; writing its model", stacklevel=2)
         if info.is_main:  # a run killed after its last checkpoint: the last sample grid may be gone with it
             last = next(iter(batches(cfg, spec, pairs, info, section.steps - 1)))
             _save_samples(trainer, last, section.steps, spec.name, paths.reports, artifact)
