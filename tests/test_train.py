@@ -90,13 +90,15 @@ def test_a_run_killed_after_its_last_checkpoint_rewrites_model_and_samples(data,
     train(cfg, "pretrain", processed, tmp_path)
     model, samples = tmp_path / "model.pt", tmp_path / "reports" / "samples"
     before = load_checkpoint(model)["model"]
+    grids = {p.name: p.read_bytes() for p in samples.iterdir()}
+    assert sorted(grids) == ["step-000002.png", "step-000004.png"]
     model.unlink()
     shutil.rmtree(samples)
     with pytest.warns(UserWarning, match="is at step 4, the step count asked for"):
         train(cfg, "pretrain", processed, tmp_path)
     after = load_checkpoint(model)["model"]
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert (samples / "step-000004.png").exists()
+    assert {p.name: p.read_bytes() for p in samples.iterdir()} == grids  # every grid, not only the last
 
 
 def _steps(cfg, steps, **extra):
@@ -123,6 +125,7 @@ def test_a_shorter_run_returns_the_model_at_its_own_step(data, tmp_path, keep_la
         assert torch.equal(written["model"][key], value), key
     assert any(not torch.equal(six.state_dict()[k], v) for k, v in state(straight).items())
     assert max(int(p.stem[5:]) for p in list_checkpoints(out / "ckpt")) == 3
+    assert sorted(p.name for p in (out / "reports" / "samples").iterdir()) == ["step-000002.png", "step-000003.png"]
     with pytest.warns(UserWarning, match="resuming the checkpoints of these exact inputs"):
         _, again = train(_steps(cfg, 6, keep_last=keep_last), "pretrain", processed, out)
     assert load_checkpoint(out / "model.pt")["step"] == 6

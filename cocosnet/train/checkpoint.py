@@ -3,7 +3,8 @@
 A file is a `torch.save` dict: `format`, `stage`, `step`, `config` (the whole
 params as built), `inputs` (what the stage was trained from, see `inputs.py`),
 `model` (the state dict), and in a checkpoint also `trainer` (optimisers,
-scalers, D, EMA), `torch_rng` and `history`. It ends with `sha256`, a digest
+scalers, D, EMA), `torch_rng`, `history` and `samples` (the sample grids drawn so far, PNG
+bytes by step, written back on resume). It ends with `sha256`, a digest
 of everything else computed from the loaded values, so a flipped byte that
 still unpickles is caught. The bytes depend only on the contents (no
 timestamps, no git sha): the same training gives the same file. Loaded with

@@ -72,8 +72,9 @@ def build(cfg: Config, spec: StageSpec, device: torch.device, *, distributed: bo
 
 
 def resume(trainer: Trainer, cfg: Config, spec: StageSpec, inputs: dict, paths: RunPaths,
-           info: DistInfo) -> tuple[int, list[dict]]:
-    """Load the checkpoint to resume, or initialise from `paths.init`; returns (start step, history)."""
+           info: DistInfo) -> tuple[int, list[dict], dict[int, torch.Tensor]]:
+    """Load the checkpoint to resume, or initialise from `paths.init`; returns (start step, history, the
+    sample grids written so far as PNG bytes in uint8 tensors, by step)."""
     steps = section_of(cfg, spec).steps
     state = choose_resume(paths.ckpt_dir, inputs, stage=spec.name, max_step=steps) if info.is_main else None
     if info.world > 1:
@@ -84,7 +85,7 @@ def resume(trainer: Trainer, cfg: Config, spec: StageSpec, inputs: dict, paths: 
         trainer.model.load_state_dict(state["model"])
         trainer.load_state_dict(state["trainer"])
         torch.set_rng_state(state["torch_rng"])
-        return int(state["step"]), list(state["history"])
+        return int(state["step"]), list(state["history"]), dict(state.get("samples", {}))
     if paths.init is not None:
         initial, init_state = load_model(paths.init, cfg)
         trainer.model.matcher.load_state_dict(initial.matcher.state_dict())
@@ -92,7 +93,7 @@ def resume(trainer: Trainer, cfg: Config, spec: StageSpec, inputs: dict, paths: 
             trainer.model.generator.load_state_dict(initial.generator.state_dict())
         if isinstance(trainer, GanTrainer):
             trainer.reset_ema()
-    return 0, []
+    return 0, [], {}
 
 
 def batches(cfg: Config, spec: StageSpec, pairs: pd.DataFrame, info: DistInfo, start: int) -> DataLoader:
@@ -121,7 +122,9 @@ def run_training(cfg: Config, spec: StageSpec, pairs: pd.DataFrame, paths: RunPa
         files["vgg"] = Path(cfg.vgg.weights)
     inputs = training_inputs(cfg, spec, pairs, files=files)
     trainer = build(cfg, spec, info.device, distributed=info.world > 1)
-    start, history = resume(trainer, cfg, spec, inputs, paths, info)
+    start, history, samples = resume(trainer, cfg, spec, inputs, paths, info)
+    if info.is_main:
+        _restore_samples(samples, start, spec.name, paths.reports, artifact)
     loader = batches(cfg, spec, pairs, info, start)
     config = asdict(cfg)
     metrics: dict[str, float] = {}
@@ -137,17 +140,17 @@ def run_training(cfg: Config, spec: StageSpec, pairs: pd.DataFrame, paths: RunPa
             if log:
                 log(metrics, step)
         if step % section.sample_every == 0 or last:
-            _save_samples(trainer, batch, step, spec.name, paths.reports, artifact)
+            samples[step] = _save_samples(trainer, batch, step, spec.name, paths.reports, artifact)
         if step % section.checkpoint_every == 0 or last:
             save_checkpoint(checkpoint_path(paths.ckpt_dir, step), {
                 "stage": spec.name, "step": step, "config": config, "inputs": inputs,
                 "model": trainer.model.state_dict(), "trainer": trainer.state_dict(),
-                "torch_rng": torch.get_rng_state(), "history": history})
+                "torch_rng": torch.get_rng_state(), "history": history, "samples": samples})
             prune(paths.ckpt_dir, section.keep_last)
     if start == section.steps:
         warnings.warn(f"{spec.name}: the checkpoint in {paths.ckpt_dir} is at step {section.steps}, the step count "
                       "asked for, with these inputs; writing its model", stacklevel=2)
-        if info.is_main:  # a run killed after its last checkpoint: the last sample grid may be gone with it
+        if info.is_main and section.steps not in samples:  # a checkpoint from before grids were kept in it
             last = next(iter(batches(cfg, spec, pairs, info, section.steps - 1)))
             _save_samples(trainer, last, section.steps, spec.name, paths.reports, artifact)
     final = trainer.final_model()
@@ -157,18 +160,42 @@ def run_training(cfg: Config, spec: StageSpec, pairs: pd.DataFrame, paths: RunPa
     return metrics, final
 
 
+def _sample_path(reports: Path, step: int) -> Path:
+    return reports / "samples" / f"step-{step:06d}.png"
+
+
+def _restore_samples(samples: dict[int, torch.Tensor], start: int, stage: str, reports: Path,
+                     artifact: Artifact | None) -> None:
+    """Make `reports/samples` hold this run's grids up to `start`: those its checkpoint kept are written
+    back (DVC removes a stage's outputs before it reruns), and those of later steps, left by a longer
+    run, are removed (this run draws its own)."""
+    folder = reports / "samples"
+    for path in sorted(folder.glob("step-*.png")) if folder.is_dir() else []:
+        if path.stem[5:].isdigit() and int(path.stem[5:]) > start:
+            path.unlink()
+    for step, png in sorted(samples.items()):
+        if step <= start:
+            atomic_write(_sample_path(reports, step), png.numpy().tobytes())
+            if artifact:
+                artifact(_sample_path(reports, step), f"samples/{stage}")
+
+
 def _save_samples(trainer: Trainer, batch: dict, step: int, stage: str, reports: Path,
-                  artifact: Artifact | None) -> None:
+                  artifact: Artifact | None) -> torch.Tensor:
+    """Draw and write the sample grid of `step`; returns its PNG bytes as a uint8 tensor (for the checkpoint)."""
     model = trainer.model
     was_training = model.training
     model.eval()
     warps, image = trainer.sample(batch, step)
     model.train(was_training)
     grid = sample_grid({k: v.to(trainer.device) for k, v in batch.items()}, warps, image)
-    path = reports / "samples" / f"step-{step:06d}.png"
-    atomic_save(path, lambda f: grid.save(f, format="PNG"))
+    path = _sample_path(reports, step)
+    buf = io.BytesIO()
+    grid.save(buf, format="PNG")
+    atomic_write(path, buf.getvalue())
     if artifact:
         artifact(path, f"samples/{stage}")
+    return torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
 
 
 def write_history(history: list[dict], reports: Path) -> None:
