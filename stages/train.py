@@ -13,16 +13,18 @@ from pathlib import Path
 from cocosnet.train.inputs import TRAIN
 from cocosnet.train.loop import RunPaths
 from stages.common import run_stage
-from stages.training import train_stage
+from stages.training import add_resume_flag, train_stage
 
 
 def main(cfg, args) -> None:
     train_stage(cfg, TRAIN, RunPaths(ckpt_dir=Path("checkpoints/train"), out_model=Path("models/train.pt"),
-                                     reports=Path("reports/train"), init=Path(args.init)))
+                                     reports=Path("reports/train"), init=Path(args.init)),
+                across_code_change=args.resume_across_code_change)
 
 
 def add_args(parser) -> None:
     parser.add_argument("--init", default="models/pretrain.pt", help="the model file training starts from")
+    add_resume_flag(parser)
 
 
 if __name__ == "__main__":

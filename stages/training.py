@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -14,14 +15,25 @@ from cocosnet.train.inputs import StageSpec
 from cocosnet.train.loop import RunPaths, run_training
 
 
-def train_stage(cfg: Config, spec: StageSpec, paths: RunPaths) -> None:
+ACROSS_CODE_ENV = "COCOSNET_RESUME_ACROSS_CODE_CHANGE"
+
+
+def add_resume_flag(parser) -> None:
+    parser.add_argument("--resume-across-code-change", action="store_true",
+                        help=f"resume a checkpoint trained by other code (same params, data and files); recorded in "
+                             f"the checkpoint and in MLflow. Under `dvc repro`: {ACROSS_CODE_ENV}=1")
+
+
+def train_stage(cfg: Config, spec: StageSpec, paths: RunPaths, *, across_code_change: bool = False) -> None:
+    across_code_change = across_code_change or os.environ.get(ACROSS_CODE_ENV, "") not in ("", "0")
     info = setup()
     cpu_allocator.install(info.device)
     try:
         table = pd.read_parquet(Path(cfg.data.processed) / "pairs.parquet")
         with Tracker(cfg, spec.name, device=str(info.device), enabled=info.is_main) as tracker:
             metrics, _ = run_training(cfg, spec, table, paths, info=info, log=tracker.log_metrics,
-                                      artifact=tracker.log_artifact)
+                                      artifact=tracker.log_artifact, tag=tracker.set_tags,
+                                      across_code_change=across_code_change)
             if info.is_main:
                 for name in ("losses.tsv", "losses.png"):
                     tracker.log_artifact(paths.reports / name, "plots")

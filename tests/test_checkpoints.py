@@ -18,7 +18,7 @@ from cocosnet.data.dataset import PairDataset
 from cocosnet.data.processing import image_file, label_file
 from cocosnet.errors import CheckpointError, DataError, StageLocked, StorageError
 from cocosnet.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from cocosnet.train.inputs import STAGES
+from cocosnet.train.inputs import STAGES, behaviour_sha256
 from cocosnet.train.loop import RunPaths, run_training
 from cocosnet.train.resume import REASON, superseded_dir
 from stages.common import one_line, stage_lock
@@ -232,3 +232,40 @@ def test_an_error_from_a_dataloader_worker_is_still_one_line():
         next(iter(torch.utils.data.DataLoader(_Corrupt(), num_workers=1)))
     assert "Original Traceback" in str(caught.value)  # what the DataLoader wraps around it
     assert one_line(caught.value) == "/data/x.npz: corrupt or truncated cached label (BadZipFile: File is not a zip file)"
+
+
+def test_code_is_identified_by_what_it_does_not_by_its_bytes(tmp_path):
+    for name in ("cocosnet/train/trainer.py", "cocosnet/models/patchmatch.py"):
+        source = (ROOT / name).read_text()
+        commented = tmp_path / "commented.py"
+        edited = source.replace('"""', '"""Edited: ', 1).replace('    """', '    """Edited too: ', 1)
+        commented.write_text("# a comment\n" + edited.replace("\ndef ", "\n# a comment before a function\ndef ", 1)
+                             + "\n\n# the end\n")
+        assert commented.read_bytes() != (ROOT / name).read_bytes()
+        assert behaviour_sha256(commented) == behaviour_sha256(ROOT / name), name
+        changed = tmp_path / "changed.py"
+        changed.write_text(source + "\nX = 1\n")
+        assert behaviour_sha256(changed) != behaviour_sha256(ROOT / name), name
+
+
+def test_a_run_resumes_across_a_code_change_only_when_asked(data, tmp_path, monkeypatch):
+    from cocosnet.train import inputs as inputs_module
+
+    cfg = config(data, steps=2)
+    run(cfg, "pretrain", tmp_path)
+    real = inputs_module.code_sha256
+    monkeypatch.setattr(inputs_module, "code_sha256", lambda: {**real(), "cocosnet/train/trainer.py": "edited"})
+    longer = config(data, steps=3)
+    table = pd.read_parquet(f"{longer.data.processed}/pairs.parquet")
+    paths = RunPaths(ckpt_dir=tmp_path / "ckpt", out_model=tmp_path / "model.pt", reports=tmp_path / "reports")
+    tags = []
+    with pytest.warns(UserWarning, match=r"across a change of the training code \(cocosnet/train/trainer\.py\)"):
+        run_training(longer, STAGES["pretrain"], table, paths, info=CPU, show_progress=False, tag=tags.append,
+                     across_code_change=True)
+    state = load_checkpoint(list_checkpoints(tmp_path / "ckpt")[-1])
+    assert state["step"] == 3 and state["code_changes"] == [{"step": 2, "files": ["cocosnet/train/trainer.py"]}]
+    assert tags == [{"resumed_across_code_change": "step 2: cocosnet/train/trainer.py"}]
+    monkeypatch.setattr(inputs_module, "code_sha256", real)  # back to the real code: a change again
+    _, messages = run(config(data, steps=4), "pretrain", tmp_path)  # not asked: afresh, the set kept aside
+    assert any("the training code changed (cocosnet/train/trainer.py)" in m and "starts afresh" in m
+               for m in messages), messages

@@ -5,10 +5,15 @@ equal) and the params half of its checkpoint-compatibility check. A checkpoint
 stores `training_inputs(...)`; it is resumed only when the current record is
 equal, except for the keys that only say how long or how often
 (`RESUMABLE_KEYS`), so a longer schedule continues a finished run.
+
+The code is identified by what it does, not by its bytes (`behaviour_sha256`): a
+Python file by its syntax tree without docstrings (comments and layout are not in
+it), so a comment or a docstring never discards a training run; a real change does.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -72,8 +77,25 @@ def data_sha256(table: pd.DataFrame, processed: Path) -> str:
     return sha256_files(files)
 
 
-def code_sha256(module: str = LOOP_MODULE) -> dict[str, str]:
-    return {str(p): sha256_file(REPO / p) for p in import_closure(module)}
+def behaviour_sha256(path: Path) -> str:
+    """sha256 of what a source file does: a Python file's syntax tree with its docstrings removed (comments,
+    blank lines and formatting are not in a tree); any other file (the kernels' C++) by its bytes."""
+    path = Path(path)
+    if path.suffix != ".py":
+        return sha256_file(path)
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            first = node.body[0] if node.body else None
+            if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                    and isinstance(first.value.value, str)):
+                node.body = node.body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree, include_attributes=False).encode("utf-8")).hexdigest()
+
+
+def code_sha256(module: str = LOOP_MODULE, root: Path = REPO) -> dict[str, str]:
+    """`behaviour_sha256` of each file of `module`'s import closure under `root`."""
+    return {str(p): behaviour_sha256(root / p) for p in import_closure(module, root)}
 
 
 def training_inputs(cfg: Config, spec: StageSpec, pairs: pd.DataFrame, *,
@@ -92,6 +114,12 @@ def inputs_key(inputs: dict) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode("utf-8")).hexdigest()[:12]
 
 
+def code_differences(saved: dict, current: dict) -> list[str]:
+    """The source files whose behaviour differs between two inputs records."""
+    ca, cb = saved.get("code", {}), current.get("code", {})
+    return sorted(p for p in set(ca) | set(cb) if ca.get(p) != cb.get(p))
+
+
 def inputs_differences(saved: dict, current: dict) -> list[str]:
     """Human-readable reasons why `saved` inputs are not `current` ([] when equal)."""
     reasons = []
@@ -105,8 +133,7 @@ def inputs_differences(saved: dict, current: dict) -> list[str]:
         reasons.append("the cached images or labels changed")
     fa, fb = saved.get("files", {}), current.get("files", {})
     reasons += [f"the {name} file changed" for name in sorted(set(fa) | set(fb)) if fa.get(name) != fb.get(name)]
-    ca, cb = saved.get("code", {}), current.get("code", {})
-    changed = sorted(p for p in set(ca) | set(cb) if ca.get(p) != cb.get(p))
+    changed = code_differences(saved, current)
     if changed:
         reasons.append("the training code changed (" + ", ".join(changed[:4]) + (", ..." if len(changed) > 4 else "")
                        + ")")

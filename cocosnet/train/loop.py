@@ -37,13 +37,14 @@ from cocosnet.train.checkpoint import (
     save_model,
 )
 from cocosnet.train.distributed import DistInfo, StepBatches
-from cocosnet.train.inputs import StageSpec, training_inputs, training_pairs
+from cocosnet.train.inputs import StageSpec, code_differences, training_inputs, training_pairs
 from cocosnet.train.resume import choose_resume
 from cocosnet.train.samples import sample_grid
 from cocosnet.train.trainer import CorrespondenceTrainer, GanTrainer
 
 Log = Callable[[dict[str, float], int], None]
 Artifact = Callable[[Path, str], None]
+Tag = Callable[[dict[str, str]], None]
 Trainer = CorrespondenceTrainer | GanTrainer
 
 
@@ -71,12 +72,14 @@ def build(cfg: Config, spec: StageSpec, device: torch.device, *, distributed: bo
     return GanTrainer(model, disc, vgg, section, cfg.loss_weights, device=device, distributed=distributed)
 
 
-def resume(trainer: Trainer, cfg: Config, spec: StageSpec, inputs: dict, paths: RunPaths,
-           info: DistInfo) -> tuple[int, list[dict], dict[int, torch.Tensor]]:
+def resume(trainer: Trainer, cfg: Config, spec: StageSpec, inputs: dict, paths: RunPaths, info: DistInfo,
+           across_code_change: bool = False) -> tuple[int, list[dict], dict[int, torch.Tensor], list[dict]]:
     """Load the checkpoint to resume, or initialise from `paths.init`; returns (start step, history, the
-    sample grids written so far as PNG bytes in uint8 tensors, by step)."""
+    sample grids written so far as PNG bytes in uint8 tensors by step, the code changes resumed across:
+    [{"step", "files"}])."""
     steps = section_of(cfg, spec).steps
-    state = choose_resume(paths.ckpt_dir, inputs, stage=spec.name, max_step=steps) if info.is_main else None
+    state = (choose_resume(paths.ckpt_dir, inputs, stage=spec.name, max_step=steps,
+                           across_code_change=across_code_change) if info.is_main else None)
     if info.world > 1:
         dist.barrier()  # the main rank has moved superseded or corrupt checkpoints out of the way
         if not info.is_main and list_checkpoints(paths.ckpt_dir):
@@ -85,7 +88,11 @@ def resume(trainer: Trainer, cfg: Config, spec: StageSpec, inputs: dict, paths: 
         trainer.model.load_state_dict(state["model"])
         trainer.load_state_dict(state["trainer"])
         torch.set_rng_state(state["torch_rng"])
-        return int(state["step"]), list(state["history"]), dict(state.get("samples", {}))
+        changes = list(state.get("code_changes", []))
+        changed = code_differences(state.get("inputs", {}), inputs)
+        if changed:
+            changes.append({"step": int(state["step"]), "files": changed})
+        return int(state["step"]), list(state["history"]), dict(state.get("samples", {})), changes
     if paths.init is not None:
         initial, init_state = load_model(paths.init, cfg)
         trainer.model.matcher.load_state_dict(initial.matcher.state_dict())
@@ -93,7 +100,7 @@ def resume(trainer: Trainer, cfg: Config, spec: StageSpec, inputs: dict, paths: 
             trainer.model.generator.load_state_dict(initial.generator.state_dict())
         if isinstance(trainer, GanTrainer):
             trainer.reset_ema()
-    return 0, [], {}
+    return 0, [], {}, []
 
 
 def batches(cfg: Config, spec: StageSpec, pairs: pd.DataFrame, info: DistInfo, start: int) -> DataLoader:
@@ -113,18 +120,23 @@ def batches(cfg: Config, spec: StageSpec, pairs: pd.DataFrame, info: DistInfo, s
 
 
 def run_training(cfg: Config, spec: StageSpec, pairs: pd.DataFrame, paths: RunPaths, *, info: DistInfo,
-                 log: Log | None = None, artifact: Artifact | None = None,
-                 show_progress: bool = True) -> tuple[dict[str, float], CoCosNet]:
-    """Train `spec` to its step count; returns the last metrics and the model written to `paths.out_model`."""
+                 log: Log | None = None, artifact: Artifact | None = None, tag: Tag | None = None,
+                 show_progress: bool = True, across_code_change: bool = False) -> tuple[dict[str, float], CoCosNet]:
+    """Train `spec` to its step count; returns the last metrics and the model written to `paths.out_model`.
+    `across_code_change` resumes a checkpoint trained by other code (same params, data and files); the
+    crossing is kept in the checkpoints (`code_changes`) and given to `tag`."""
     section = section_of(cfg, spec)
     files = {"init": paths.init}
     if isinstance(section, TrainConfig) and cfg.vgg.weights != "random":
         files["vgg"] = Path(cfg.vgg.weights)
     inputs = training_inputs(cfg, spec, pairs, files=files)
     trainer = build(cfg, spec, info.device, distributed=info.world > 1)
-    start, history, samples = resume(trainer, cfg, spec, inputs, paths, info)
+    start, history, samples, code_changes = resume(trainer, cfg, spec, inputs, paths, info, across_code_change)
     if info.is_main:
         _restore_samples(samples, start, spec.name, paths.reports, artifact)
+        if code_changes and tag:
+            tag({"resumed_across_code_change": "; ".join(f"step {c['step']}: {', '.join(c['files'])}"
+                                                         for c in code_changes)[:5000]})
     loader = batches(cfg, spec, pairs, info, start)
     config = asdict(cfg)
     metrics: dict[str, float] = {}
@@ -145,7 +157,8 @@ def run_training(cfg: Config, spec: StageSpec, pairs: pd.DataFrame, paths: RunPa
             save_checkpoint(checkpoint_path(paths.ckpt_dir, step), {
                 "stage": spec.name, "step": step, "config": config, "inputs": inputs,
                 "model": trainer.model.state_dict(), "trainer": trainer.state_dict(),
-                "torch_rng": torch.get_rng_state(), "history": history, "samples": samples})
+                "torch_rng": torch.get_rng_state(), "history": history, "samples": samples,
+                "code_changes": code_changes})
             prune(paths.ckpt_dir, section.keep_last)
     if start == section.steps:
         warnings.warn(f"{spec.name}: the checkpoint in {paths.ckpt_dir} is at step {section.steps}, the step count "

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from cocosnet.io import atomic_write_json
 from cocosnet.train.checkpoint import checkpoint_step, list_checkpoints, newest_good
-from cocosnet.train.inputs import inputs_differences, inputs_key
+from cocosnet.train.inputs import code_differences, inputs_differences, inputs_key
 
 SUPERSEDED = "superseded"
 REASON = "reason.json"
@@ -68,15 +68,23 @@ def _take_back(earlier: Path, ckpt_dir: Path, max_step: int) -> list[Path]:
     return taken
 
 
-def choose_resume(ckpt_dir: Path, inputs: dict, *, stage: str, max_step: int) -> dict | None:
+def choose_resume(ckpt_dir: Path, inputs: dict, *, stage: str, max_step: int,
+                  across_code_change: bool = False) -> dict | None:
     """The checkpoint state to resume for `inputs` and a run of `max_step` steps, or None to start
-    afresh (see the module doc). Call on the main rank only; other ranks then load
-    `list_checkpoints(ckpt_dir)[-1]`, which is the one returned."""
+    afresh (see the module doc). With `across_code_change`, a checkpoint whose inputs differ only in the
+    code's behaviour is resumed (the caller records it). Call on the main rank only; other ranks then
+    load `list_checkpoints(ckpt_dir)[-1]`, which is the one returned."""
     ckpt_dir = Path(ckpt_dir)
     found = newest_good(ckpt_dir)
     if found is not None:
         path, state = found
         reasons = inputs_differences(state.get("inputs", {}), inputs)
+        code = code_differences(state.get("inputs", {}), inputs)
+        if reasons and across_code_change and not inputs_differences({**state.get("inputs", {}), "code":
+                                                                      inputs.get("code")}, inputs):
+            warnings.warn(f"{stage}: resuming {path} across a change of the training code ({', '.join(code[:6])}), "
+                          "as asked", stacklevel=2)
+            reasons = []
         if reasons:
             found = None
             dest = supersede(ckpt_dir, state.get("inputs", {}), reasons)
