@@ -78,11 +78,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_CLEARED: set[Path] = set()  # folders this process has cleared: a folder is listed once, not per write
+
+
 def clear_orphans(path: Path) -> list[Path]:
-    """Remove the temporary files that writers of `path` on this host left when killed (their process is
-    gone); a live writer's file is left alone. Returns those removed."""
+    """Remove the temporary files that writers in `path`'s folder on this host left when killed (their
+    process is gone), the first time this process writes there; a live writer's file is left alone.
+    Returns those removed."""
     path = Path(path)
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.{_HOST}-(\d+)\.[^/]*\.tmp$")
+    if path.parent in _CLEARED:
+        return []
+    _CLEARED.add(path.parent)
+    pattern = re.compile(rf"^\..+\.{_HOST}-(\d+)\.[^/]*\.tmp$")
     removed = []
     try:
         siblings = list(path.parent.iterdir())
@@ -99,7 +106,7 @@ def clear_orphans(path: Path) -> list[Path]:
 def atomic_write(path: Path, data: bytes | str) -> None:
     """Write `data` (str is UTF-8) to `path` atomically and durably, with the mode a plain `open` would
     give (0666 less the umask; a temporary file's 0600 must not survive the rename). Temporary files
-    that killed writers of `path` left behind are cleared first."""
+    that killed writers left in the folder are cleared at this process's first write there."""
     path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     try:
