@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+KERNEL_FREE_TESTS := tests/test_kernels.py tests/test_patchmatch.py tests/test_knobs.py
 
 # Offline and quiet, for every command (see docs/pipeline.md).
 export DVC_NO_ANALYTICS := 1
@@ -33,8 +34,11 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 pipeline: $(STAMP)
 	COCOSNET_PIPELINE_RUN=$${COCOSNET_PIPELINE_RUN:-make-$$(date +%Y%m%d-%H%M%S)} $(VENV)/bin/dvc repro
 
+# The suite, then the model's tests again on the tensor code GPU users run (no CPU kernels); ruff first.
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+	COCOSNET_CPU_KERNELS=0 $(PY) -m pytest $(KERNEL_FREE_TESTS)
 
 # The correspondence study (hours; resumable run by run): docs/studies/correspondence.md
 study: $(STAMP)

@@ -13,7 +13,6 @@ and its scores stay fp32 there.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import resource
@@ -22,6 +21,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from cocosnet.measure.plots import plot_levels
 
 DENSE_MAX = 128  # dense attention is O((HW)^2): 256^2 needs 16 GiB per matrix
 
@@ -130,41 +131,6 @@ def child(kind: str, size: int, repeats: int, device: str, channels: int, amp: s
     return result
 
 
-def plot(records: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
-
-    def series_of(r: dict) -> tuple:
-        return r["kind"], r["device"], r.get("cpu_kernels", False), r.get("amp", "off")
-
-    series = sorted({series_of(r) for r in records if "error" not in r})
-    styles = itertools.cycle(("o-", "s--", "^-", "d--", "v-", "x--", "*-", "+--"))  # more series than styles
-    for (kind, device, fused, amp), style in zip(series, styles):
-        rows = sorted((r for r in records if series_of(r) == (kind, device, fused, amp) and "error" not in r),
-                      key=lambda r: r["size"])
-        if fused:
-            device = f"{device}, kernels"
-        if amp != "off":
-            device = f"{device}, {amp}"
-        px = [r["size"] ** 2 for r in rows]
-        ax_t.loglog(px, [r["forward_s"] for r in rows], style, label=f"{kind} fwd ({device})")
-        if all("forward_backward_s" in r for r in rows):
-            ax_t.loglog(px, [r["forward_backward_s"] for r in rows], style, alpha=0.5,
-                        label=f"{kind} fwd+bwd ({device})")
-        ax_m.loglog(px, [r["peak_mb"] for r in rows], style, label=f"{kind} ({device})")
-    ax_t.set(xlabel="pixels (H*W)", ylabel="seconds (median)", title="time per level")
-    ax_m.set(xlabel="pixels (H*W)", ylabel="peak MB", title="peak memory (whole run; the search is forward only)")
-    for ax in (ax_t, ax_m):
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
 def main() -> None:
     from bench.harness import machine
 
@@ -211,7 +177,7 @@ def main() -> None:
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    plot(records, out.with_suffix(".png"))
+    plot_levels(records, out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -91,13 +91,6 @@ def autocast(device: str, amp: str):
     return torch.autocast(device.split(":")[0], dtype=getattr(torch, amp))
 
 
-def trainer_precision(section, amp: str) -> dict:
-    """The `amp`, `amp_dtype` and `amp_cpu` keys that make a trainer autocast as `--amp` says, on any device
-    (params.yaml's own `amp: true` would otherwise autocast a CUDA run benchmarked with `--amp off`)."""
-    return {"amp": amp != "off", "amp_dtype": section.amp_dtype if amp == "off" else amp,
-            "amp_cpu": amp == "bfloat16"}
-
-
 def in_fresh_process(module: str, child_args: list[str], describe: dict, *, launcher: list[str] | None = None,
                      env: dict | None = None) -> dict:
     """Run `python [launcher] -m module --child ...` and read the JSON record on its last JSON stdout line; a

@@ -25,9 +25,9 @@ from bench.harness import (
     median_time,
     peak_mb,
     reset_peak,
-    trainer_precision,
     write_report,
 )
+from cocosnet.measure.precision import trainer_precision
 
 DEFAULT_CONFIGS = ("train:512", "infer:512", "infer:1024")
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from cocosnet.metrics.paired import ssim
 from cocosnet.metrics.swd import resolutions, sliced_wasserstein
-from bench.swd_reference import np_swd
+from cocosnet.metrics.swd_reference import np_swd
 
 
 def _images(n: int, size: int, seed: int) -> np.ndarray:

@@ -32,9 +32,9 @@ from bench.harness import (
     median_time,
     peak_mb,
     reset_peak,
-    trainer_precision,
     write_report,
 )
+from cocosnet.measure.precision import trainer_precision
 
 PARTS = ("matcher", "generator", "vgg", "discriminator")
 

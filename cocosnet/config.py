@@ -296,7 +296,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls)]
-    unknown = sorted((str(k) for k in set(raw) - set(names)))
+    unknown = sorted(str(k) for k in set(raw) - set(names))
     if unknown:
         keys = clip(", ".join(f"{prefix}.{k}" if prefix else k for k in unknown), 200)
         raise ConfigError(f"unknown key(s): {keys}; expected one of {names} in {where}")

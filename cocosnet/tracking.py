@@ -102,7 +102,7 @@ class Tracker:
             self.enabled = False
             return None
 
-    def __enter__(self) -> "Tracker":
+    def __enter__(self) -> Tracker:
         self._safe("start", self._start)
         return self
 

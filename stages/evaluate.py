@@ -5,70 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
-import torch
-
-from cocosnet.evaluate import evaluate
-from cocosnet.io import atomic_save, atomic_write_json, sha256_file
-from cocosnet.metrics.schema import flat_metrics
-from cocosnet.models import cpu_allocator
-from cocosnet.models.cocosnet import CoCosNet
-from cocosnet.report import correspondence_plot, loss_plot, read_losses, write_report
-from cocosnet.tracking import Tracker
-from cocosnet.train.checkpoint import load_model
+from cocosnet.evaluation_run import run_evaluation
 from stages.common import run_stage
-
-GRID_CAPTION = "columns: exemplar | pose | warp at each level (coarse to fine) | output | target"
 
 
 def main(cfg, args) -> None:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cpu_allocator.install(device)
-    model_path = Path(args.model)
-    trained, ckpt = load_model(model_path, cfg)
-    torch.manual_seed(cfg.eval.seed)
-    untrained = CoCosNet.from_config(cfg)
-    pairs = pd.read_parquet(Path(cfg.data.processed) / "pairs.parquet")
-    reports = Path(args.reports)
-    eval_dir = reports / "eval"
-    with Tracker(cfg, "evaluate", device=str(device)) as tracker:
-        metrics, grids = evaluate(cfg, trained, untrained, pairs, device=device, outputs=Path(args.outputs),
-                                  fingerprint=sha256_file(model_path))
-        metrics["vgg_weights"] = cfg.vgg.weights
-        figures: dict = {}
-        if "correspondence" in metrics:
-            figures["Correspondence accuracy by level"] = correspondence_plot(
-                metrics["correspondence"], eval_dir / "correspondence.png")
-        losses = loss_plot({stage: read_losses(reports / stage / "losses.tsv") for stage in ("pretrain", "train")},
-                           eval_dir / "losses.png")
-        if losses is not None:
-            figures["Loss curves"] = losses
-        grid_files = {}
-        for kind, grid in grids.items():
-            path = eval_dir / ("samples.png" if kind == "self" else f"samples_{kind}.png")
-            atomic_save(path, lambda f, grid=grid: grid.save(f, format="PNG"))
-            grid_files[f"Samples, val {kind} pairs ({GRID_CAPTION})"] = path
-        notes = []
-        if cfg.vgg.weights == "random":
-            notes.append("The perceptual, feature-matching and contextual losses used a randomly initialised VGG19 "
-                         "(vgg.weights: random), so this model is not comparable with one trained with real weights.")
-        if "unavailable" in metrics["fid"]:
-            notes.append(f"FID unavailable: {metrics['fid']['unavailable']}")
-        write_report(eval_dir / "report.html", metrics, figures=figures, grids=grid_files, notes=notes,
-                     info={"profile": cfg.profile, "model": f"{model_path} (step {ckpt.get('step')})",
-                           "device": str(device), "self pairs": metrics["pairs"],
-                           "ref pairs": metrics["ref_pairs"], "JPEG quality": cfg.eval.jpeg_quality})
-        atomic_write_json(reports / "metrics.json", metrics)
-        tracker.log_metrics(flat_metrics(metrics), step=0)
-        tracker.set_tags({"fid": "unavailable" if "unavailable" in metrics["fid"] else "computed"})
-        tracker.log_artifact(reports / "metrics.json")
-        for path in [eval_dir / "report.html", *figures.values(), *grid_files.values()]:
-            tracker.log_artifact(path, "eval")
-    summary = {k: metrics[k] for k in ("pairs", "ref_pairs", "paired") if k in metrics}
-    summary["swd"] = {k: v for k, v in metrics["swd"].items() if k != "per_level"}
-    summary["fid"] = metrics["fid"]
-    summary["correspondence"] = {k: v for k, v in metrics.get("correspondence", {}).items() if k != "per_level"}
-    print(json.dumps(summary, indent=1))
+    print(json.dumps(run_evaluation(cfg, Path(args.model), Path(args.reports), Path(args.outputs)), indent=1))
 
 
 def add_args(parser) -> None:

@@ -13,31 +13,10 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 from cocosnet.errors import CocosnetError
 from cocosnet.io import atomic_write_json
-from cocosnet.limits import MAX_PIXELS_ENV, MAX_SIDE_ENV, open_image
-from cocosnet.metrics.fid import FidUnavailable
-from cocosnet.metrics.images import paired_files
-from cocosnet.metrics.scoring import fid_scores, paired_scores, swd_scores
-
-
-def score(real_dir: Path, fake_dir: Path, *, paired: bool, swd_size: int, inception_weights: str,
-          seed: int) -> dict:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    real, fake = paired_files(real_dir, fake_dir)
-    candidate = {"fake": fake}
-    with open_image(real[0]) as first:
-        out: dict = {"images": len(real), "size": list(first.size)}
-    if paired:
-        out["paired"] = {name: d["fake"] for name, d in paired_scores(real, candidate).items()}
-    out["swd"] = swd_scores(real, candidate, size=swd_size, seed=seed, device=device)["fake"]
-    try:
-        out["fid"] = fid_scores(real, candidate, weights=inception_weights, device=device)["fake"]
-    except FidUnavailable as exc:
-        out["fid"] = {"unavailable": str(exc)}
-    return out
+from cocosnet.limits import MAX_PIXELS_ENV, MAX_SIDE_ENV
+from cocosnet.metrics.scoring import score_folders
 
 
 def main() -> None:
@@ -56,7 +35,7 @@ def main() -> None:
         if value is not None:
             os.environ[env] = str(value)
     try:
-        result = score(args.real, args.fake, paired=args.paired, swd_size=args.swd_size,
+        result = score_folders(args.real, args.fake, paired=args.paired, swd_size=args.swd_size,
                        inception_weights=args.inception_weights, seed=args.seed)
     except (CocosnetError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

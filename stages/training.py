@@ -14,7 +14,6 @@ from cocosnet.train.distributed import setup, teardown
 from cocosnet.train.inputs import StageSpec
 from cocosnet.train.loop import RunPaths, run_training
 
-
 ACROSS_CODE_ENV = "COCOSNET_RESUME_ACROSS_CODE_CHANGE"
 
 

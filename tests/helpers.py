@@ -1,7 +1,6 @@
 """Everything the tests share: the tiny synthetic spec and training config, data preparation, planted
 correspondences. Test modules import from here, never from each other (nor does bench/)."""
 
-import argparse
 import functools
 import math
 import struct
@@ -14,7 +13,7 @@ import torch.nn.functional as F
 from cocosnet.config import config_from_dict, read_yaml
 from cocosnet.data.synthetic import SyntheticSpec
 from cocosnet.metrics.fid import FIDInceptionV3
-from cocosnet.models.patchmatch import sample_at
+from cocosnet.models.ops import sample_at
 from cocosnet.train.distributed import DistInfo
 
 TINY = SyntheticSpec(num_identities=5, views_per_identity=3, image_width=102, image_height=150,
@@ -40,12 +39,13 @@ def tiny_training_config(raw_root: Path, processed: Path, crop: int = 64, **trai
 
 
 def prepare_data(raw_root: Path, processed: Path) -> None:
-    from stages import build_pairs, prepare, render_keypoints
+    from cocosnet.data import steps
+    from cocosnet.data.pair_table import pair_table
 
     cfg = tiny_training_config(raw_root, processed)
-    args = argparse.Namespace(reports=str(processed / "reports"))
-    for stage in (prepare, render_keypoints, build_pairs):
-        stage.main(cfg, args)
+    steps.prepare(cfg)
+    steps.render_keypoints(cfg)
+    pair_table(cfg, processed / "reports")
 
 
 def state(model: torch.nn.Module) -> dict:

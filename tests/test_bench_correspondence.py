@@ -1,11 +1,12 @@
-"""bench/correspondence.py's plot: one series per kind, device, kernel setting and precision, each with its points."""
+"""The plot of bench/correspondence.py (cocosnet/measure/plots.py): one series per kind, device, kernel
+setting and precision, each with its points."""
 
 import matplotlib
 
 matplotlib.use("Agg")
 from matplotlib.figure import Figure
 
-from bench.correspondence import plot
+from cocosnet.measure.plots import plot_levels
 
 
 def test_every_series_is_drawn_with_its_points(tmp_path, monkeypatch):
@@ -20,7 +21,7 @@ def test_every_series_is_drawn_with_its_points(tmp_path, monkeypatch):
     records = [record(kind, size, amp, fused) for kind in ("patchmatch", "search", "dense")
                for amp in ("off", "bfloat16") for fused in (True, False) for size in (64, 128, 256)]
     records.append({"kind": "search", "size": 512, "device": "cpu", "error": "out of memory"})
-    plot(records, tmp_path / "plot.png")
+    plot_levels(records, tmp_path / "plot.png")
     time_axes, memory_axes = figures[0].axes
     lines = {line.get_label(): line for line in time_axes.get_lines()}
     assert set(lines) >= {"patchmatch fwd (cpu, kernels)", "patchmatch fwd (cpu, kernels, bfloat16)",

@@ -1,4 +1,5 @@
-"""bench/flops.py: the FLOP count it builds its floors on, the rates, and which measured time it compares."""
+"""cocosnet/measure/flops.py (bench/flops.py): the FLOP count it builds its floors on, the rates, and which
+measured time it compares."""
 
 import json
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-import bench.flops as flops
+import cocosnet.measure.flops as flops
 
 
 class TwoConvs(nn.Module):
@@ -43,7 +44,7 @@ def test_the_best_rate_is_the_fastest_measured_shape():
     assert all(r > 0 for r in rates["per_shape"].values()) and rates["best"] == max(rates["per_shape"].values())
 
 
-def test_measured_times_come_from_the_matching_records(tmp_path, monkeypatch):
+def test_measured_times_come_from_the_matching_records(tmp_path):
     bench = tmp_path / "reports" / "bench"
     bench.mkdir(parents=True)
     level = {"kind": "patchmatch", "size": 512, "device": "cpu", "forward_backward_s": 9.0}
@@ -54,8 +55,7 @@ def test_measured_times_come_from_the_matching_records(tmp_path, monkeypatch):
     (bench / "matcher.json").write_text(json.dumps({"records": [
         {**run, "mode": "train", "size": 512, "seconds": 98.0}, {**run, "mode": "infer", "size": 1024, "seconds": 95.0},
         {**run, "mode": "infer", "size": 1024, "batch": 4, "seconds": 300.0}]}))
-    monkeypatch.setattr(flops, "ROOT", tmp_path)
-    assert flops.measured("level", 512, "paper") == 9.0
-    assert flops.measured("train", 512, "paper") == 98.0
-    assert flops.measured("infer", 1024, "paper") == 95.0
-    assert flops.measured("infer", 512, "paper") is None and flops.measured("train", 512, "demo") is None
+    assert flops.measured("level", 512, "paper", tmp_path) == 9.0
+    assert flops.measured("train", 512, "paper", tmp_path) == 98.0
+    assert flops.measured("infer", 1024, "paper", tmp_path) == 95.0
+    assert flops.measured("infer", 512, "paper", tmp_path) is None and flops.measured("train", 512, "demo", tmp_path) is None

@@ -1,8 +1,9 @@
-"""bench/pipeline.py: stage times from DVC's output, failures with the output's tail, and the demo checks."""
+"""cocosnet/measure/pipeline.py (bench/pipeline.py): stage times from DVC's output, failures with the
+output's tail, and the demo checks."""
 
 import pytest
 
-from bench.pipeline import demo_checks, timed_make
+from cocosnet.measure.pipeline import demo_checks, timed_make
 
 
 def write_makefile(folder, recipe: str) -> None:

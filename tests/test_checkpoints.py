@@ -17,11 +17,11 @@ import torch
 from cocosnet.data.dataset import PairDataset
 from cocosnet.data.processing import image_file, label_file
 from cocosnet.errors import CheckpointError, DataError, StageLocked, StorageError
+from cocosnet.stage_run import one_line, stage_lock
 from cocosnet.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from cocosnet.train.inputs import STAGES, behaviour_sha256
 from cocosnet.train.loop import RunPaths, run_training
 from cocosnet.train.resume import REASON, superseded_dir
-from stages.common import one_line, stage_lock
 from tests.helpers import CPU, ROOT, prepare_data, state, tiny_training_config
 
 
@@ -176,7 +176,7 @@ def test_a_truncated_cache_file_is_named_with_what_to_do(data, tmp_path, kind):
 
 def test_a_second_run_of_a_stage_is_refused_while_the_first_holds_the_lock(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from stages.common import stage_lock\n"
+        "import sys, time; from pathlib import Path; from cocosnet.stage_run import stage_lock\n"
         f"with stage_lock('evaluate', Path({str(tmp_path)!r})):\n    print('held', flush=True); time.sleep(60)\n")],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:

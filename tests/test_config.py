@@ -7,9 +7,8 @@ import pytest
 import yaml
 
 from cocosnet.config import Config, ConfigError, config_from_dict, flatten, load_config, read_yaml
-from stages.use_profile import apply_profile
+from cocosnet.profiles import apply_profile
 from tests.helpers import ROOT
-
 
 
 def schema_keys(cls, prefix=""):

@@ -2,8 +2,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cocosnet.data.deepfashion import (SquareFrame, load_image, normalise_relpath, pad_to_square,
-                                       pose_paths, preprocess_image, read_pair_list, read_split_list)
+from cocosnet.data.deepfashion import (
+    SquareFrame,
+    load_image,
+    normalise_relpath,
+    pad_to_square,
+    pose_paths,
+    preprocess_image,
+    read_pair_list,
+    read_split_list,
+)
 from cocosnet.errors import DataError
 
 

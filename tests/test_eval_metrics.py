@@ -3,8 +3,14 @@ import pytest
 import torch
 
 from cocosnet.data.deepfashion import read_split_list
-from cocosnet.metrics.correspondence import (endpoint_errors, gt_in_crop, level_errors, level_gt,
-                                           refinement_bounds, summarise)
+from cocosnet.metrics.correspondence import (
+    endpoint_errors,
+    gt_in_crop,
+    level_errors,
+    level_gt,
+    refinement_bounds,
+    summarise,
+)
 from cocosnet.metrics.paired import l1, psnr, ssim
 
 

@@ -1,7 +1,6 @@
 """The evaluate stage end to end on the tiny set: JPG outputs, metrics.json schema, the offline report,
 staged resume, MLflow logging, and the experiment comparison."""
 
-import argparse
 import dataclasses
 import json
 import re
@@ -13,11 +12,12 @@ import torch
 
 from cocosnet import evaluate as evaluation
 from cocosnet.compare import differing_params, rank_runs, to_markdown
+from cocosnet.evaluation_run import run_evaluation
 from cocosnet.metrics.images import load_folder_pair
+from cocosnet.metrics.scoring import score_folders
 from cocosnet.models.cocosnet import CoCosNet
 from cocosnet.tracking import PIPELINE_ENV, search_runs
 from cocosnet.train.checkpoint import save_model
-from stages.score_folders import score
 from tests.helpers import prepare_data, random_pytorch_fid_state, tiny_training_config
 
 
@@ -34,13 +34,10 @@ def setup(tiny_raw, tmp_path_factory):
 
 
 def run_stage(cfg, model_path, reports, monkeypatch, uri):
-    from stages import evaluate as stage
-
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv(PIPELINE_ENV, "eval-test")
     reports.mkdir(parents=True, exist_ok=True)
-    stage.main(cfg, argparse.Namespace(model=str(model_path), reports=str(reports),
-                                       outputs=str(reports / "eval" / "outputs")))
+    run_evaluation(cfg, model_path, reports, reports / "eval" / "outputs")
     return json.loads((reports / "metrics.json").read_text())
 
 
@@ -71,10 +68,10 @@ def test_evaluate_stage_writes_outputs_metrics_report_and_mlflow(setup, tmp_path
     assert not (outputs / "ref" / "corr").exists() and not (outputs / "self.partial").exists()
     assert not (outputs.parent / "outputs.partial").exists()
     # The metrics are those of the files on disk: re-scoring the folders gives the same numbers.
-    rescored = score(outputs / "ref" / "real", outputs / "ref" / "fake", paired=False, swd_size=0,
+    rescored = score_folders(outputs / "ref" / "real", outputs / "ref" / "fake", paired=False, swd_size=0,
                      inception_weights="", seed=cfg.eval.seed)
     assert rescored["swd"]["avg"] == pytest.approx(swd["model"]) and "unavailable" in rescored["fid"]
-    rescored = score(outputs / "self" / "real", outputs / "self" / "fake", paired=True, swd_size=32,
+    rescored = score_folders(outputs / "self" / "real", outputs / "self" / "fake", paired=True, swd_size=32,
                      inception_weights="", seed=0)
     assert rescored["paired"]["ssim"] == pytest.approx(metrics["paired"]["ssim"]["model"], rel=1e-5)
     assert set(rescored["swd"]) == {"32", "16", "avg"}

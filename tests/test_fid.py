@@ -3,8 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cocosnet.metrics.fid import (FEATURE_DIM, FidUnavailable, fid, frechet_distance,
-                                  load_inception, statistics)
+from cocosnet.metrics.fid import FEATURE_DIM, FidUnavailable, fid, frechet_distance, load_inception, statistics
 from cocosnet.metrics.images import load_folder_pair
 from tests.helpers import random_pytorch_fid_state
 

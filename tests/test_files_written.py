@@ -13,8 +13,8 @@ from cocosnet.config import load_config
 from cocosnet.errors import StageLocked
 from cocosnet.io import atomic_write
 from cocosnet.models.kernels import build_name
+from cocosnet.stage_run import stage_lock
 from cocosnet.tracking import Tracker
-from stages.common import stage_lock
 from tests.helpers import ROOT
 
 

@@ -5,7 +5,7 @@ import torch
 
 import cocosnet.models.patchmatch as pm
 from cocosnet.config import ConfigError, config_from_dict, read_yaml
-from cocosnet.models import kernels
+from cocosnet.models import ops
 from cocosnet.models.cocosnet import CoCosNet
 from cocosnet.models.correspondence import HierarchicalCorrespondence, dense_match, upsample_candidates
 from cocosnet.models.patchmatch import PatchMatchGRU
@@ -57,30 +57,27 @@ def test_one_handed_down_candidate_starts_every_finer_level_from_the_coarse_best
 
 @pytest.mark.parametrize("samples,radius", [(0, 4.0), (4, 4.0), (6, 1.5)])
 def test_random_search_count_and_radius(monkeypatch, samples, radius):
-    evaluated = []
-    original = pm.candidate_scores
+    steps = []
+    original = ops.search_step
 
-    def record(query, key, coords):
-        evaluated.append(coords.detach().clone())
-        return original(query, key, coords)
+    def record(query, key, coords, scores, jitter, m):
+        steps.append((coords.clone(), jitter.clone(), m))
+        return original(query, key, coords, scores, jitter, m)
 
-    monkeypatch.setattr(pm, "candidate_scores", record)
-    # The tensor iteration, whose candidates can be watched; the CPU kernel equals it exactly (test_kernels.py).
-    monkeypatch.setattr(kernels, "search_applies", lambda *a: False)
+    monkeypatch.setattr(ops, "search_step", record)
     query, key, truth = planted(16, 16, seed=1)
-    level = PatchMatchGRU(16, num_candidates=4, iters=1, gru=False, search_radius=radius, search_samples=samples)
-    init = coarse_init(truth)
-    level(query, key, torch.rand(1, 3, 16, 16), init=init, generator=torch.Generator().manual_seed(0))
-    start = evaluated[0]  # the initial candidates; evaluated[1] is the first search step's new candidates
-    new = evaluated[1]
-    assert new.shape[3] == 4 * 1 + 1 + samples  # 4 neighbours' best, the rounded best, the random samples
-    if samples:
-        best = pm.select_top_k(start, original(query, key, start), 4, 16, 16)[0][..., :1, :]
-        random = new[..., 5:, :]
-        inside = (random - best).abs() <= radius + 1e-5
-        at_border = (random == 0) | (random == 15)
-        assert (inside | at_border).all()
-        assert (random - best).abs().amax() > radius / 4  # the samples spread to the radius
+    level = PatchMatchGRU(16, num_candidates=4, iters=2, gru=False, search_radius=radius, search_samples=samples)
+    level(query, key, torch.rand(1, 3, 16, 16), init=coarse_init(truth), generator=torch.Generator().manual_seed(0))
+    assert len(steps) == 2 and all(m == 1 for *_, m in steps)  # k = 4: one candidate from each neighbour
+    for it, (_, jitter, _) in enumerate(steps):
+        assert jitter.shape[3] == samples
+        if samples:  # sample i lies within radius / 2^(it + i) of the best, and they spread to it
+            limits = radius * 0.5 ** (it + torch.arange(samples, dtype=jitter.dtype))
+            assert (jitter.abs() <= limits[:, None] + 1e-6).all()
+            assert jitter[..., 0, :].abs().amax() > limits[0] / 4
+    coords = torch.tensor([[4.0, 4.0], [9.0, 9.0]]).expand(1, 3, 3, 2, 2).contiguous()
+    new = ops.neighbour_candidates(coords, 1)
+    assert new.shape[3] == 4 and new[0, 1, 1].tolist() == [[5, 4], [3, 4], [4, 5], [4, 3]]
 
 
 def test_iterations_and_update_stride_per_level(monkeypatch):

@@ -11,6 +11,7 @@ from cocosnet.losses import LOSS_KEYS, weighted_total
 from cocosnet.losses.contextual import contextual_loss, contextual_loss_naive
 from cocosnet.losses.objective import discriminator_terms, generator_terms
 from cocosnet.losses.vgg import CONVS, TORCHVISION_INDEX, VGG19, load_vgg19
+from cocosnet.models import memory
 from cocosnet.models.blocks import PositionalNorm, SPADEResBlock
 from cocosnet.models.cocosnet import CoCosNet, build_discriminator
 from cocosnet.models.correspondence import dense_match, upsample_candidates
@@ -156,7 +157,7 @@ def test_a_large_dense_level_without_autograd_is_matched_in_chunks_with_the_same
     monkeypatch.setattr(correspondence, "_dense_match_chunked", spy)
     with torch.no_grad():
         whole = dense_match(query, key, colors, temperature=0.01, k=4, cycle=False)
-        monkeypatch.setattr(correspondence, "DENSE_CHUNK_ELEMENTS", 2 * 24 * 6)  # 6 query pixels a chunk
+        monkeypatch.setattr(memory, "DENSE_CHUNK_ELEMENTS", 2 * 24 * 6)  # 6 query pixels a chunk
         chunked = dense_match(query, key, colors, temperature=0.01, k=4, cycle=False)
         assert dense_match(query, key, colors, temperature=0.01, k=4, cycle=True)[1] is not None
     dense_match(query, key, colors, temperature=0.01, k=4, cycle=False)  # with autograd: whole
@@ -189,14 +190,12 @@ def _every_and_no_checkpoint(monkeypatch, build, inputs) -> dict:
     """Forward + backward of `build()` (seeded, train mode) on `inputs()` (the first requires grad)
     with every checkpoint taken (threshold 0) and with none (2**62). Per threshold: the checkpoint
     calls, the outputs, the first input's gradient, the parameters' gradients and the buffers."""
-    from cocosnet.models import checkpointing
-
     calls = []
     real = torch.utils.checkpoint.checkpoint
     monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
     results = {}
     for threshold in (0, 2**62):
-        monkeypatch.setattr(checkpointing, "CHECKPOINT_MIN_ELEMENTS", threshold)
+        monkeypatch.setattr(memory, "CHECKPOINT_MIN_ELEMENTS", threshold)
         calls.clear()
         torch.manual_seed(0)
         module = build()
@@ -259,7 +258,7 @@ def test_a_large_spade_alone_is_checkpointed_with_the_same_output_and_gradients(
 
 @pytest.mark.parametrize("size", [(10, 9), (12, 7)])
 def test_large_spade_calls_without_autograd_run_in_row_tiles_with_the_same_output(monkeypatch, size):
-    from cocosnet.models import blocks, checkpointing
+    from cocosnet.models import blocks
 
     torch.manual_seed(0)
     # eval: no power iteration between the calls; float64, so the tiles' other rounding (the gamma conv
@@ -278,8 +277,8 @@ def test_large_spade_calls_without_autograd_run_in_row_tiles_with_the_same_outpu
     with torch.no_grad():
         whole = block(x, seg)
         assert tile_rows == []
-        monkeypatch.setattr(checkpointing, "CHECKPOINT_MIN_ELEMENTS", 0)
-        monkeypatch.setattr(blocks, "SPADE_TILE_ELEMENTS", 3 * 2 * 8 * size[1])  # 3 rows of (B, hidden, W)
+        monkeypatch.setattr(memory, "CHECKPOINT_MIN_ELEMENTS", 0)
+        monkeypatch.setattr(memory, "SPADE_TILE_ELEMENTS", 3 * 2 * 8 * size[1])  # 3 rows of (B, hidden, W)
         tiled = block(x, seg)
     assert tile_rows == [3, 3, 3]  # norm_s, norm_0, norm_1; the last tile of 10 rows has 1 row
     torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-12)
@@ -296,10 +295,9 @@ def test_large_residual_blocks_are_checkpointed_with_the_same_output_and_gradien
 
 def _encoder_layer():
     from cocosnet.models.align import EncoderLayer
-    from cocosnet.models.blocks import ResidualBlock, sn_in_conv
 
     torch.manual_seed(0)
-    return EncoderLayer(torch.nn.LeakyReLU(0.2), sn_in_conv(4, 6, 3, 2), ResidualBlock(6))
+    return EncoderLayer(4, 6, 2, first=False)
 
 
 def test_an_encoder_layer_equals_its_modules_in_sequence_and_checkpoints_exactly(monkeypatch):
@@ -359,15 +357,15 @@ def test_an_alignment_unet_runs_channels_last_without_autograd_with_the_same_fea
     """Forward-only, the U-Net runs channels-last through every layer, SPADE row tiles included; its
     features equal the plain layout's (with autograd); in float64, so float32 rounding, which the
     normalisations of a tiny random net amplify to 1e-4, does not hide a wrong value."""
-    from cocosnet.models import blocks, checkpointing
+    from cocosnet.models import blocks
     from cocosnet.models.align import AlignUNet
 
     torch.manual_seed(0)
     unet = AlignUNet(5, (8, 6, 4), match_channels=3, spade_hidden=4).eval().double()
     x = torch.rand(2, 5, 16, 16, dtype=torch.float64)
     plain = unet(x)  # with autograd: NCHW, untiled
-    monkeypatch.setattr(checkpointing, "CHECKPOINT_MIN_ELEMENTS", 0)
-    monkeypatch.setattr(blocks, "SPADE_TILE_ELEMENTS", 2 * 4 * 16 * 3)  # 3-row tiles at full resolution
+    monkeypatch.setattr(memory, "CHECKPOINT_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(memory, "SPADE_TILE_ELEMENTS", 2 * 4 * 16 * 3)  # 3-row tiles at full resolution
     convs = []
     for module in unet.modules():
         if isinstance(module, torch.nn.Conv2d):

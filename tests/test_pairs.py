@@ -2,9 +2,9 @@ import shutil
 
 import pytest
 
-from cocosnet.errors import DataError
-from cocosnet.data.pairs import COLUMNS, build_pairs, validate_table
 from cocosnet.data.deepfashion import identity_of
+from cocosnet.data.pairs import COLUMNS, build_pairs, validate_table
+from cocosnet.errors import DataError
 
 
 def copy_raw(tiny_raw, tmp_path):

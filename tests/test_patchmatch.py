@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cocosnet.models.patchmatch import PatchMatchGRU, patch_match, pixel_grid, sample_at, select_top_k
+from cocosnet.models.ops import sample_at, select_top_k
+from cocosnet.models.patchmatch import PatchMatchGRU, patch_match, pixel_grid
 from tests.helpers import coarse_init, planted
 
 
@@ -122,14 +123,14 @@ def test_a_few_gru_steps_lower_the_warp_error():
 
 
 def test_checkpointing_below_the_threshold_is_skipped_and_changes_no_gradient(monkeypatch):
-    from cocosnet.models import checkpointing
+    from cocosnet.models import memory
 
     calls = []
     real = torch.utils.checkpoint.checkpoint
     monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
     grads = {}
     for threshold in (0, 2**62):  # checkpoint everything, then nothing
-        monkeypatch.setattr(checkpointing, "CHECKPOINT_MIN_ELEMENTS", threshold)
+        monkeypatch.setattr(memory, "CHECKPOINT_MIN_ELEMENTS", threshold)
         calls.clear()
         query, key, colors, target, init = gru_problem()
         query.requires_grad_(True)
@@ -168,7 +169,7 @@ def test_the_update_checkpoint_threshold_counts_what_an_update_keeps(k):
     """UPDATE_CHANNELS_KEPT decides which updates are checkpointed; it must match what an update
     really keeps for backward (per pixel of its grid), within 10%."""
     from cocosnet.models.convgru import UpdateBlock
-    from cocosnet.models.patchmatch import UPDATE_CHANNELS_KEPT
+    from cocosnet.models.memory import UPDATE_CHANNELS_KEPT
 
     update = UpdateBlock(k, 32)
     h = torch.randn(1, 32, 16, 16, requires_grad=True)

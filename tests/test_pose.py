@@ -4,8 +4,17 @@ import cv2
 import numpy as np
 import pytest
 
-from cocosnet.data.pose import (COLORS, LIMBS, PoseFileError, label_to_input, read_openpose,
-                                render_label_resized, render_pose_label, resize_label, write_openpose)
+from cocosnet.data.pose import (
+    COLORS,
+    LIMBS,
+    PoseFileError,
+    label_to_input,
+    read_openpose,
+    render_label_resized,
+    render_pose_label,
+    resize_label,
+    write_openpose,
+)
 
 
 def official_label(candidate: np.ndarray, subset: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ from cocosnet.losses.objective import correspondence_terms
 from cocosnet.losses.terms import geometry_warp_loss
 from cocosnet.models.cocosnet import CoCosNet
 from cocosnet.models.correspondence import dense_match
-from cocosnet.models.patchmatch import sample_at
+from cocosnet.models.ops import sample_at
 from cocosnet.models.pose_geometry import PoseGeometry, geometry_features
 from tests.helpers import corr_config, inputs
 

@@ -126,7 +126,7 @@ def test_gan_training_with_amp_cpu_trains_every_part(tmp_path, native):
 def test_the_benchmarks_make_the_trainer_autocast_as_their_amp_flag_says(tmp_path, native):
     """bench/matcher.py and bench/train_step.py time the trainers' own steps: `--amp off` must not inherit
     params.yaml's `amp: true` (a CUDA run would be bf16), and `--amp bfloat16` autocasts on the CPU too."""
-    from bench.harness import trainer_precision
+    from cocosnet.measure.precision import trainer_precision
 
     cfg = tiny_training_config(tmp_path, tmp_path, crop=32)
     for section in (cfg.pretrain, cfg.train):

@@ -1,6 +1,5 @@
 """The data stages end to end on a tiny synthetic set, with good and bad inputs."""
 
-import argparse
 import json
 import shutil
 
@@ -9,9 +8,10 @@ import pytest
 import yaml
 
 from cocosnet.config import config_from_dict, read_yaml
-from cocosnet.errors import DataError
+from cocosnet.data import steps
+from cocosnet.data.pair_table import pair_table
 from cocosnet.data.processing import MANIFEST, Manifest, image_file, label_file, load_label
-from stages import build_pairs, prepare, render_keypoints
+from cocosnet.errors import DataError
 from tests.helpers import ROOT
 
 
@@ -23,9 +23,9 @@ def config(tmp_path, root, **data):
 
 
 def run_all(cfg, tmp_path):
-    args = argparse.Namespace(reports=str(tmp_path / "reports"))
-    for stage in (prepare, render_keypoints, build_pairs):
-        stage.main(cfg, args)
+    steps.prepare(cfg)
+    steps.render_keypoints(cfg)
+    pair_table(cfg, tmp_path / "reports")
 
 
 def test_data_stages_end_to_end(tiny_raw, tmp_path):
@@ -54,7 +54,7 @@ def test_bad_samples_error_or_skip_with_a_count(tiny_raw, tmp_path):
     cand.write_text(cand.read_text().splitlines()[0][:20] + "\n" + cand.read_text())  # truncated row
 
     with pytest.raises(DataError, match=rels[0].split("/")[-1]):
-        prepare.main(config(tmp_path, root), argparse.Namespace())
+        steps.prepare(config(tmp_path, root))
     assert not (tmp_path / "processed" / "img").exists()  # nothing half-written where DVC looks
 
     cfg = config(tmp_path, root, on_bad_sample="skip")

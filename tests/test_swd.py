@@ -5,9 +5,16 @@ import pytest
 import scipy.ndimage
 import torch
 
-from bench.swd_reference import np_pyramid, np_swd
-from cocosnet.metrics.swd import (laplacian_pyramid, random_centres, random_directions, resolutions,
-                                  sliced_wasserstein, swd_from_draws)
+from cocosnet.metrics.swd import (
+    laplacian_pyramid,
+    random_centres,
+    random_directions,
+    resolutions,
+    sliced_wasserstein,
+    swd_from_draws,
+)
+from cocosnet.metrics.swd_reference import np_pyramid, np_swd
+
 
 def _images(n, size, seed):
     rng = np.random.default_rng(seed)

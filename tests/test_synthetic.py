@@ -7,8 +7,7 @@ from scipy.ndimage import maximum_filter, minimum_filter
 
 from cocosnet.data.deepfashion import SquareFrame, identity_of, pose_paths, read_split_list
 from cocosnet.data.pose import read_openpose
-from cocosnet.data.synthetic import (correspondence, generate, load_surface, surface_path,
-                                     warp_by_correspondence)
+from cocosnet.data.synthetic import correspondence, generate, load_surface, surface_path, warp_by_correspondence
 from tests.helpers import TINY
 
 

@@ -45,7 +45,7 @@ class BodyShape:
     leg_r: float
 
     @staticmethod
-    def sample(rng: np.random.Generator, female: bool) -> "BodyShape":
+    def sample(rng: np.random.Generator, female: bool) -> BodyShape:
         s = rng.uniform(0.92, 1.08)
         shoulder = (16.0 if female else 19.0) * rng.uniform(0.93, 1.07)
         return BodyShape(
@@ -73,7 +73,7 @@ class PoseAngles:
     yaw: float  # whole-body rotation about the vertical axis (the view)
 
     @staticmethod
-    def sample(rng: np.random.Generator, yaw: float) -> "PoseAngles":
+    def sample(rng: np.random.Generator, yaw: float) -> PoseAngles:
         def pair(lo: float, hi: float) -> tuple[float, float]:
             return float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi))
 

@@ -28,8 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cocosnet.data.deepfashion import (PAIR_LISTS, ListEntry, identity_of, read_pair_list,
-                                       read_split_list)
+from cocosnet.data.deepfashion import PAIR_LISTS, ListEntry, identity_of, read_pair_list, read_split_list
 from cocosnet.errors import DataError
 
 COLUMNS = ("target", "exemplar", "kind", "split")

@@ -81,7 +81,7 @@ class Manifest:
     skipped: dict[str, str] = field(default_factory=dict)  # path -> reason
 
     @staticmethod
-    def read(path: Path) -> "Manifest":
+    def read(path: Path) -> Manifest:
         raw = json.loads(Path(path).read_text())
         return Manifest(ok=list(raw["ok"]), skipped=dict(raw["skipped"]))
 

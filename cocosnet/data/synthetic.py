@@ -81,7 +81,7 @@ class Identity:
         return f"img/{self.gender}/{self.category}/id_{self.index:08d}"
 
     @staticmethod
-    def sample(index: int, rng: np.random.Generator) -> "Identity":
+    def sample(index: int, rng: np.random.Generator) -> Identity:
         gender = "WOMEN" if rng.random() < 0.5 else "MEN"
         category = str(rng.choice(CATEGORIES[gender]))
         tone = rng.uniform(0.35, 1.0)

@@ -23,7 +23,7 @@ class Texture:
     waves: np.ndarray  # (4, 3): frequency_u, frequency_v, phase of the print's sinusoids
 
     @staticmethod
-    def sample(rng: np.random.Generator, kind: str | None = None) -> "Texture":
+    def sample(rng: np.random.Generator, kind: str | None = None) -> Texture:
         kind = kind or str(rng.choice(KINDS))
         base = rng.uniform(20, 235, size=3)
         colors = np.stack([base, rng.uniform(20, 235, size=3), rng.uniform(20, 235, size=3)])

@@ -5,9 +5,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from cocosnet.losses.terms import (alignment_loss, cycle_loss, gan_discriminator_loss, gan_feature_loss,
-                                   gan_generator_loss, geometry_warp_loss, perceptual_loss, vgg_contextual_loss,
-                                   vgg_feature_matching_loss, warp_loss)
+from cocosnet.losses.terms import (
+    alignment_loss,
+    cycle_loss,
+    gan_discriminator_loss,
+    gan_feature_loss,
+    gan_generator_loss,
+    geometry_warp_loss,
+    perceptual_loss,
+    vgg_contextual_loss,
+    vgg_feature_matching_loss,
+    warp_loss,
+)
 from cocosnet.models.cocosnet import CoCosNetOutput, MatchOutput
 
 

@@ -8,7 +8,6 @@ here they do not.
 
 from __future__ import annotations
 
-
 import torch.nn.functional as F
 from torch import Tensor
 

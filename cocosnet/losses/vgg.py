@@ -44,7 +44,7 @@ class VGG19(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "VGG19":
+    def train(self, mode: bool = True) -> VGG19:
         return super().train(False)  # always frozen
 
     def preprocess(self, image: Tensor) -> Tensor:

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cocosnet.metrics.fid import file_statistics, frechet_distance, load_inception
-from cocosnet.metrics.images import chunks, load_image_set
+from cocosnet.limits import open_image
+from cocosnet.metrics.fid import FidUnavailable, file_statistics, frechet_distance, load_inception
+from cocosnet.metrics.images import chunks, load_image_set, paired_files
 from cocosnet.metrics.paired import l1, psnr, ssim
 from cocosnet.metrics.swd import sliced_wasserstein
 
@@ -65,3 +66,22 @@ def fid_scores(real: list[Path], candidates: dict[str, list[Path]], *, weights: 
     reference = file_statistics(real, network, device=device)
     return {who: frechet_distance(*reference, *file_statistics(files, network, device=device))
             for who, files in candidates.items()}
+
+
+def score_folders(real_dir: Path, fake_dir: Path, *, paired: bool, swd_size: int, inception_weights: str,
+          seed: int) -> dict:
+    """SWD, FID (when `inception_weights` names the file) and, if `paired`, L1/PSNR/SSIM of fake_dir's images
+    against real_dir's, paired by file name."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    real, fake = paired_files(real_dir, fake_dir)
+    candidate = {"fake": fake}
+    with open_image(real[0]) as first:
+        out: dict = {"images": len(real), "size": list(first.size)}
+    if paired:
+        out["paired"] = {name: d["fake"] for name, d in paired_scores(real, candidate).items()}
+    out["swd"] = swd_scores(real, candidate, size=swd_size, seed=seed, device=device)["fake"]
+    try:
+        out["fid"] = fid_scores(real, candidate, weights=inception_weights, device=device)["fake"]
+    except FidUnavailable as exc:
+        out["fid"] = {"unavailable": str(exc)}
+    return out

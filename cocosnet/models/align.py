@@ -9,10 +9,10 @@ network for L = 4.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cocosnet.models import memory
 from cocosnet.models.blocks import (
     ResidualBlock,
     SPADEResBlock,
@@ -21,38 +21,39 @@ from cocosnet.models.blocks import (
     sn_in_conv,
     spectral_weight,
 )
-from cocosnet.models.checkpointing import maybe_checkpoint
-
-OUTPUT_MAPS_KEPT = 4  # feature-sized maps a level's output normalisations and projection keep
-ENCODER_MAPS_KEPT = 2  # input-sized maps an encoder layer's activation and conv keep for backward
 
 
 class EncoderLayer(nn.Sequential):
-    """[LeakyReLU], spectral-norm conv + InstanceNorm, [ResidualBlock]. An nn.Sequential, so its
-    state-dict keys are those the official mapping (models/official.py) expects.
+    """[LeakyReLU], spectral-norm conv + InstanceNorm, [ResidualBlock]: the first layer has only the conv.
+    An nn.Sequential, so its state-dict keys are those the official mapping (models/official.py) expects.
 
     At full resolution the activation, the conv's input and the norm's input are maps of the
     largest size, so that part is checkpointed; the conv's spectral-norm weight is computed once,
     here, and passed in, so the recomputation is exact (and the power iteration runs once). The
     residual block checkpoints itself."""
 
+    def __init__(self, fin: int, fout: int, stride: int, *, first: bool):
+        layers: list[nn.Module] = [] if first else [nn.LeakyReLU(0.2)]
+        layers.append(sn_in_conv(fin, fout, 3, stride))
+        if not first:
+            layers.append(ResidualBlock(fout))
+        super().__init__(*layers)
+        self.first = first
+
     def forward(self, x: Tensor) -> Tensor:
-        parts = list(self)
-        at = next(i for i, part in enumerate(parts) if isinstance(part, nn.Sequential))  # the SN + IN conv
-        conv = parts[at][0]
+        """x (B, fin, H, W) -> (B, fout, H/stride, W/stride)."""
+        conv = self[0 if self.first else 1][0]
         weight = spectral_weight(conv)
         out = x.shape[0] * conv.out_channels * -(-x.shape[-2] // conv.stride[0]) * -(-x.shape[-1] // conv.stride[1])
-        h = maybe_checkpoint(self._conv_part, x, weight, elements=ENCODER_MAPS_KEPT * x.numel() + out)
-        for part in parts[at + 1:]:
-            h = part(h)
-        return h
+        h = memory.checkpoint(self._conv_part, x, weight, elements=memory.ENCODER_MAPS_KEPT * x.numel() + out)
+        return h if self.first else self[2](h)  # the residual block
 
     def _conv_part(self, x: Tensor, weight: Tensor) -> Tensor:
-        for part in self:
-            if isinstance(part, nn.Sequential):
-                return part[1](conv_with(part[0], x, weight))
-            x = part(x)
-        raise AssertionError("an encoder layer holds an SN + IN conv")
+        """The activation and the SN + IN conv, with the conv's weight given."""
+        if not self.first:
+            x = self[0](x)
+        conv_norm = self[0 if self.first else 1]
+        return conv_norm[1](conv_with(conv_norm[0], x, weight))
 
 
 class AlignUNet(nn.Module):
@@ -67,11 +68,7 @@ class AlignUNet(nn.Module):
         self.encoder = nn.ModuleList()
         fin = in_nc
         for i, (fout, stride) in enumerate(zip(enc, strides)):
-            layers: list[nn.Module] = [nn.LeakyReLU(0.2)] if i else []
-            layers.append(sn_in_conv(fin, fout, 3, stride))
-            if i:
-                layers.append(ResidualBlock(fout))
-            self.encoder.append(EncoderLayer(*layers))
+            self.encoder.append(EncoderLayer(fin, fout, stride, first=i == 0))
             fin = fout
         # Decoder: a head on the coarsest encoder output, then up + skip per finer level, each a SPADE block
         # on the input.
@@ -89,10 +86,7 @@ class AlignUNet(nn.Module):
         loss); matching[l] the 1x1 projection to match_channels with PONO_C
         centring, L2-normalised.
         """
-        if not torch.is_grad_enabled() and x.device.type == "cpu":
-            # Forward-only convolutions run 1.4-1.8x faster channels-last here (docs/performance.md);
-            # every op below keeps the layout, so the whole pass runs in it.
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = memory.inference_layout(x)
         skips = []
         h = x
         for layer in self.encoder:
@@ -103,9 +97,8 @@ class AlignUNet(nn.Module):
         for block, skip in zip(self.decoder[1:], reversed(skips[:-1])):
             up = F.interpolate(feats[-1], size=skip.shape[-2:], mode="bilinear", align_corners=True)
             feats.append(block(up + skip, x))
-        # At full resolution the normalisations and the projection keep about 4 feature-sized maps,
-        # so large levels are recomputed in backward (exact: no spectral norm or randomness).
-        outputs = [maybe_checkpoint(_level_outputs, f, proj, elements=OUTPUT_MAPS_KEPT * f.numel())
+        # Large levels are recomputed in backward (exact: no spectral norm or randomness).
+        outputs = [memory.checkpoint(_level_outputs, f, proj, elements=memory.OUTPUT_MAPS_KEPT * f.numel())
                    for proj, f in zip(self.project, feats)]
         return [f for f, _ in outputs], [m for _, m in outputs]
 

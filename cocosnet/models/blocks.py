@@ -8,10 +8,7 @@ from torch import Tensor, nn
 from torch.nn.utils import spectral_norm
 from torch.nn.utils.spectral_norm import SpectralNorm
 
-from cocosnet.models import checkpointing
-from cocosnet.models.checkpointing import maybe_checkpoint
-
-SPADE_TILE_ELEMENTS = 2**22  # hidden-map elements per row tile of an inference SPADE
+from cocosnet.models import memory
 
 
 def positional_norm(x: Tensor, eps: float = 1e-8) -> Tensor:
@@ -90,15 +87,15 @@ class SPADE(nn.Module):
         """x (B, norm_nc, H, W), seg (B, label_nc, h, w) resized to (H, W) by nearest.
 
         At full resolution the hidden maps (B, hidden, H, W) are most of what the alignment U-Nets
-        keep for backward, so large calls are checkpointed (models/checkpointing.py); there is no
+        keep for backward, so large calls are checkpointed (models/memory.py); there is no
         spectral norm or randomness inside, so the recomputation is exact. Without autograd, large
         calls run in row tiles (`_modulate_tiled`), so no full-size hidden map exists at all."""
         seg = resize_to(seg, tuple(x.shape[-2:]))
         hidden = seg.shape[0] * self.shared[0].out_channels * seg.shape[-2] * seg.shape[-1]
-        large = hidden * 3 >= checkpointing.CHECKPOINT_MIN_ELEMENTS and min(x.shape[-2:]) > 1
-        if large and not torch.is_grad_enabled():
-            return self._modulate_tiled(x, seg, rows=max(2, SPADE_TILE_ELEMENTS * seg.shape[-2] // hidden))
-        return maybe_checkpoint(self._modulate, x, seg, elements=hidden * 3)
+        rows = memory.spade_tile_rows(hidden, *seg.shape[-2:])
+        if rows is not None:
+            return self._modulate_tiled(x, seg, rows=rows)
+        return memory.checkpoint(self._modulate, x, seg, elements=hidden * 3)
 
     def _modulate(self, x: Tensor, seg: Tensor) -> Tensor:
         act = self.pad(self.shared(self.pad(seg)))
@@ -159,9 +156,6 @@ def _padded_conv(layers: nn.Sequential, x: Tensor, weight: Tensor) -> Tensor:
     return conv_with(layers[-1], x, weight)
 
 
-BRANCH_MAPS_KEPT = 3  # input-sized maps a branch keeps besides its SPADE's hidden maps (norm, activation, pad)
-
-
 class SPADEResBlock(nn.Module):
     """SPADE residual block: spectral norm, reflection padding, learned 1x1 shortcut when fin != fout."""
 
@@ -193,8 +187,8 @@ class SPADEResBlock(nn.Module):
         once, here, and passed in, so the recomputation is exact."""
         weight = spectral_weight(conv[-1])
         pixels = x.shape[0] * x.shape[-2] * x.shape[-1]
-        kept = pixels * (3 * norm.shared[0].out_channels + BRANCH_MAPS_KEPT * x.shape[1])
-        return maybe_checkpoint(_spade_branch, norm, conv, act, x, seg, weight, elements=kept)
+        kept = pixels * (3 * norm.shared[0].out_channels + memory.BRANCH_MAPS_KEPT * x.shape[1])
+        return memory.checkpoint(_spade_branch, norm, conv, act, x, seg, weight, elements=kept)
 
 
 def _spade_branch(norm: SPADE, conv: nn.Sequential, act: bool, x: Tensor, seg: Tensor, weight: Tensor) -> Tensor:
@@ -202,9 +196,6 @@ def _spade_branch(norm: SPADE, conv: nn.Sequential, act: bool, x: Tensor, seg: T
     if act:  # in place without autograd: one full-size map fewer to allocate (and fault in) at 1024^2
         h = F.leaky_relu(h, 0.2) if torch.is_grad_enabled() else F.leaky_relu_(h, 0.2)
     return _padded_conv(conv, h, weight)
-
-
-RESIDUAL_MAPS_KEPT = 8  # input-sized maps a ResidualBlock keeps for backward (pads, convs, norms, PReLUs)
 
 
 class ResidualBlock(nn.Module):
@@ -224,8 +215,7 @@ class ResidualBlock(nn.Module):
         """x (B, C, H, W) -> the same shape. Large calls (the full-resolution encoder block of the
         official widths) are checkpointed; no spectral norm, running statistics or randomness inside,
         so the recomputation is exact."""
-        kept = x.numel() * RESIDUAL_MAPS_KEPT
-        return maybe_checkpoint(self._residual, x, elements=kept)
+        return memory.checkpoint(self._residual, x, elements=x.numel() * memory.RESIDUAL_MAPS_KEPT)
 
     def _residual(self, x: Tensor) -> Tensor:
         return self.act(x + self.body(x))

@@ -85,7 +85,7 @@ class CoCosNet(nn.Module):
                                         spade_hidden=g.spade_hidden)
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "CoCosNet":
+    def from_config(cls, cfg: Config) -> CoCosNet:
         return cls(cfg.model)
 
     def forward(self, label: Tensor, exemplar: Tensor, exemplar_label: Tensor, *, real: Tensor | None = None,

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from cocosnet.config import CorrespondenceConfig
+from cocosnet.models import memory
 from cocosnet.models.blocks import resize_to
 from cocosnet.models.patchmatch import Generators, PatchMatchGRU
 
@@ -29,9 +30,6 @@ class CorrespondenceOutput:
     extra_warps: list[Tensor] | None = None  # per level: the `extra` maps warped like the colours
 
 
-DENSE_CHUNK_ELEMENTS = 2**26  # similarities per query chunk without autograd (256 MB of float32)
-
-
 def dense_match(query: Tensor, key: Tensor, key_colors: Tensor, *, temperature: float, k: int,
                 cycle: bool) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
     """Full matching at the coarsest level.
@@ -42,12 +40,12 @@ def dense_match(query: Tensor, key: Tensor, key_colors: Tensor, *, temperature: 
 
     Without autograd and without the cycle, each query pixel's row of similarities stands alone, so
     a large matrix (the official network at 1024^2 matches 128^2 against 128^2: 1 GB, and as much
-    again for its softmax) is built DENSE_CHUNK_ELEMENTS at a time; equal up to float rounding.
+    again for its softmax) is built in chunks of query rows (models/memory.py); equal up to float rounding.
     """
     b, _, h, w = query.shape
     hk, wk = key.shape[-2:]
-    rows = max(1, DENSE_CHUNK_ELEMENTS // (b * hk * wk))
-    if not cycle and not torch.is_grad_enabled() and rows < h * w:
+    rows = memory.dense_rows(h * w, b, hk * wk, cycle=cycle)
+    if rows is not None:
         warp, coords, scores = _dense_match_chunked(query, key, key_colors, temperature=temperature, k=k, rows=rows)
         return warp, None, coords, scores
     c = key_colors.shape[1]

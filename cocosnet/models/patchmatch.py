@@ -21,104 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cocosnet.models import kernels
-from cocosnet.models.checkpointing import maybe_checkpoint
+from cocosnet.models import memory, ops
 from cocosnet.models.convgru import UpdateBlock
-
-SCORE_CHUNK = 8  # candidates sampled at once: bounds memory to O(B*C*H*W*SCORE_CHUNK)
-WARP_CHUNK_ELEMENTS = 2**22  # samples a warp's backward builds at once (B*C*H*W*candidates)
-# Floats one UpdateBlock call keeps per pixel of its grid for backward (measured: 1264 at k = 16,
-# 1176 at k = 8; tests/test_patchmatch.py checks it). It decides which updates are checkpointed.
-UPDATE_CHANNELS_KEPT = 1232
-
-
-def sample_at(source: Tensor, coords: Tensor) -> Tensor:
-    """Bilinearly sample `source` (B, C, Hk, Wk) at `coords` (B, H, W, K, 2) (x, y) in pixels.
-
-    Returns (B, C, H, W, K). Positions outside the map are clamped to the border.
-    """
-    b, c, hk, wk = source.shape
-    _, h, w, k, _ = coords.shape
-    scale = coords.new_tensor([2.0 / max(wk - 1, 1), 2.0 / max(hk - 1, 1)])
-    grid = (coords * scale - 1.0).reshape(b, h, w * k, 2)
-    out = F.grid_sample(source, grid.to(source.dtype), mode="bilinear", padding_mode="border",
-                        align_corners=True)  # (B, C, H, W*K)
-    return out.view(b, c, h, w, k)
-
-
-def _sampled_sum(source: Tensor, coords: Tensor, weights: Tensor) -> Tensor:
-    return (sample_at(source, coords) * weights.unsqueeze(1)).sum(-1)
-
-
-class _WeightedSample(torch.autograd.Function):
-    """`weighted_sample` with autograd on the CPU. The kernel's forward keeps only its inputs; backward
-    recomputes the `grid_sample` path a few candidates at a time. The path alone keeps the grid and the
-    (B, C, H, W, K) samples from forward to backward: 80 MB for a 512^2 level's warp at k = 16."""
-
-    @staticmethod
-    def forward(ctx, source: Tensor, coords: Tensor, weights: Tensor) -> Tensor:
-        ctx.save_for_backward(source, coords, weights)
-        return kernels.weighted_samples(source, coords, weights)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        source, coords, weights = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        b, c, h, w = grad.shape
-        chunk = max(1, WARP_CHUNK_ELEMENTS // (b * c * h * w))
-        src = source.detach().requires_grad_(needs[0])
-        g_source, g_coords, g_weights = None, [], []
-        with torch.enable_grad():
-            for j in range(0, coords.shape[3], chunk):
-                part = (src, coords[..., j:j + chunk, :].detach().requires_grad_(needs[1]),
-                        weights[..., j:j + chunk].detach().requires_grad_(needs[2]))
-                wanted = [t for t, need in zip(part, needs) if need]
-                got = iter(torch.autograd.grad(_sampled_sum(*part), wanted, grad))
-                if needs[0]:
-                    g = next(got)
-                    g_source = g if g_source is None else g_source + g
-                if needs[1]:
-                    g_coords.append(next(got))
-                if needs[2]:
-                    g_weights.append(next(got))
-        return (g_source, torch.cat(g_coords, 3) if needs[1] else None,
-                torch.cat(g_weights, 3) if needs[2] else None)
-
-
-def weighted_sample(source: Tensor, coords: Tensor, weights: Tensor) -> Tensor:
-    """sum_k weights[..., k] * sample_at(source, coords)[..., k]: source (B, C, Hk, Wk), coords (B, H, W, K, 2),
-    weights (B, H, W, K) -> (B, C, H, W). On the CPU one kernel (models/kernels.py), with autograd through
-    `_WeightedSample`; elsewhere the `grid_sample` path."""
-    if not kernels.samples_apply(source, coords, weights):
-        return _sampled_sum(source, coords, weights)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (source, coords, weights)):
-        return _WeightedSample.apply(source, coords, weights)
-    return kernels.weighted_samples(source, coords, weights)
-
-
-def _chunk_scores(query: Tensor, key: Tensor, coords: Tensor) -> Tensor:
-    return (sample_at(key, coords) * query.unsqueeze(-1)).sum(1)
-
-
-def candidate_scores(query: Tensor, key: Tensor, coords: Tensor) -> Tensor:
-    """Cosine similarity of each query pixel with the key sampled at its candidates.
-
-    query (B, C, H, W), key (B, C, Hk, Wk), coords (B, H, W, K, 2) -> (B, H, W, K).
-    On the CPU this is the fused kernel (models/kernels.py), which builds nothing of size
-    (B, C, H, W, K). Elsewhere (or without a compiler) it is `grid_sample`, SCORE_CHUNK candidates
-    at a time; with autograd on, each large chunk is checkpointed, so backward keeps one chunk of
-    samples alive, not all K.
-    """
-    if kernels.scores_apply(query, key, coords):
-        return kernels.fused_scores(query, key, coords)
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, coords))
-    chunks = coords.split(SCORE_CHUNK, dim=3)
-    if grad:
-        return torch.cat([maybe_checkpoint(_chunk_scores, query, key, c, elements=query.numel() * c.shape[3])
-                          for c in chunks], dim=-1)
-    return torch.cat([_chunk_scores(query, key, c) for c in chunks], dim=-1)
-
+from cocosnet.models.ops import candidate_scores, clamp_coords, select_top_k, weighted_sample
 
 Generators = torch.Generator | list[torch.Generator] | None
 
@@ -133,73 +38,20 @@ def uniform(shape: tuple[int, ...], generator: Generators, like: Tensor) -> Tens
     return torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
-def clamp_coords(coords: Tensor, hk: int, wk: int) -> Tensor:
-    """(x, y) positions (..., 2) clamped into a key of (hk, wk), in one pass."""
-    return coords.clamp(min=coords.new_zeros(2), max=coords.new_tensor([wk - 1, hk - 1]))
-
-
-def select_top_k(coords: Tensor, scores: Tensor, k: int, hk: int, wk: int) -> tuple[Tensor, Tensor]:
-    """Drop duplicate candidates (same half-pixel cell), keep the best k, best first.
-
-    coords (B, H, W, N, 2), scores (B, H, W, N) -> (B, H, W, k, 2), (B, H, W, k).
-    On the CPU, one small sort per pixel in the kernel of models/kernels.py (the same result up
-    to the order of ties).
-    """
-    if kernels.select_applies(coords, scores):
-        return kernels.select_top_k(coords, scores, k)
-    cells = torch.round(coords * 2).long()
-    cell_id = cells[..., 1] * (2 * wk + 3) + cells[..., 0]
-    order = scores.argsort(dim=-1, descending=True)
-    ids_by_score = cell_id.gather(-1, order)
-    # A stable sort by cell keeps, within each cell, the best-scoring candidate first.
-    ids_sorted, by_cell = torch.sort(ids_by_score, dim=-1, stable=True)
-    dup_sorted = torch.zeros_like(ids_sorted, dtype=torch.bool)
-    dup_sorted[..., 1:] = ids_sorted[..., 1:] == ids_sorted[..., :-1]
-    dup = torch.zeros_like(dup_sorted).scatter(-1, by_cell, dup_sorted)  # in score order
-    ranked = scores.gather(-1, order).masked_fill(dup, float("-inf"))
-    top = ranked.topk(min(k, ranked.shape[-1]), dim=-1)
-    keep = order.gather(-1, top.indices)
-    out_coords = coords.gather(-2, keep.unsqueeze(-1).expand(*keep.shape, 2))
-    return out_coords, scores.gather(-1, keep)
-
-
-def _neighbour_candidates(coords: Tensor, m: int) -> Tensor:
-    """The best m candidates of the 4 neighbours, shifted by the step to this pixel.
-
-    coords (B, H, W, K, 2) -> (B, H, W, 4m, 2). At the border a pixel sees itself.
-    """
-    best = coords[..., :m, :]
-    left = torch.cat([best[:, :, :1], best[:, :, :-1]], dim=2) + best.new_tensor([1.0, 0.0])
-    right = torch.cat([best[:, :, 1:], best[:, :, -1:]], dim=2) - best.new_tensor([1.0, 0.0])
-    up = torch.cat([best[:, :1], best[:, :-1]], dim=1) + best.new_tensor([0.0, 1.0])
-    down = torch.cat([best[:, 1:], best[:, -1:]], dim=1) - best.new_tensor([0.0, 1.0])
-    return torch.cat([left, right, up, down], dim=3)
-
-
 def search_step(query: Tensor, key: Tensor, coords: Tensor, scores: Tensor, *, radius: float,
                 num_random: int = 4, generator: Generators = None) -> tuple[Tensor, Tensor]:
     """One PatchMatch iteration: propagation, random search, evaluation, de-dup, top-k.
 
-    coords (B, H, W, k, 2) best first with their scores (B, H, W, k). Random
-    samples lie around the best candidate at radii radius, radius/2, ...
-    Runs without gradient. On the CPU the iteration is one kernel (models/kernels.py) that builds
-    none of the candidate tensors; the same candidates, scores and selection.
+    coords (B, H, W, k, 2) best first with their scores (B, H, W, k). Propagation takes the best
+    max(1, k/16) candidates of each of the 4 neighbours, shifted by the step to this pixel; random
+    samples lie around the best candidate at radii radius, radius/2, ...; the best snapped to the
+    pixel grid joins them (exact matches sit on it). Runs without gradient (`ops.search_step`).
     """
     b, h, w, k, _ = coords.shape
-    hk, wk = key.shape[-2:]
     with torch.no_grad():
-        m = max(1, k // 16)
         radii = radius * 0.5 ** torch.arange(num_random, device=coords.device, dtype=coords.dtype)
         jitter = (uniform((b, h, w, num_random, 2), generator, coords) * 2 - 1) * radii[:, None]
-        if kernels.search_applies(query, key, coords, scores):
-            return kernels.search_step(query, key, coords, scores.detach(), jitter, m)
-        best = coords[..., :1, :]
-        # The best candidate snapped to the pixel grid: exact matches sit on it.
-        new = torch.cat([_neighbour_candidates(coords, m), torch.round(best), best + jitter], dim=3)
-        new = clamp_coords(new, hk, wk)
-        all_coords = torch.cat([coords, new], dim=3)
-        all_scores = torch.cat([scores.detach(), candidate_scores(query, key, new)], dim=3)
-        return select_top_k(all_coords, all_scores, k, hk, wk)
+        return ops.search_step(query, key, coords, scores.detach(), jitter, max(1, k // 16))
 
 
 def initial_candidates(query: Tensor, key: Tensor, k: int, init: Tensor | None, generator: Generators, *,
@@ -240,7 +92,7 @@ def patch_match(query: Tensor, key: Tensor, *, k: int = 16, iters: int = 5, init
     if query.dim() != 4 or key.dim() != 4 or query.shape[:2] != key.shape[:2]:
         raise ValueError(f"query and key must be (B, C, H, W) with equal B and C, got "
                          f"{tuple(query.shape)} and {tuple(key.shape)}")
-    query, key = kernels.search_layout(query), kernels.search_layout(key)
+    query, key = ops.search_layout(query), ops.search_layout(key)
     coords, scores, radius = initial_candidates(query, key, k, init, generator)
     for it in range(iters):
         coords, scores = search_step(query, key, coords, scores, radius=radius * 0.5 ** it, generator=generator)
@@ -302,19 +154,7 @@ class PatchMatchGRU(nn.Module):
         # A channels-last view: `permute(0, 3, 4, 1, 2).reshape` gave the same strides, except a batch stride
         # (B = 1) that made the pooling copy the map to NCHW first (13x slower at 1024^2).
         flow = self._pool(offsets.reshape(b, hh, ww, 2 * k).permute(0, 3, 1, 2))  # (B, 2k, h', w')
-        if self.training and torch.is_grad_enabled():
-            if h.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-                # bf16 convolutions run 15% faster here channels-last, backward included (fp32 ones do not:
-                # docs/performance.md, items 6 and 22)
-                h, corr, flow = (t.contiguous(memory_format=torch.channels_last) for t in (h, corr, flow))
-            kept = h.numel() // h.shape[1] * UPDATE_CHANNELS_KEPT  # the update's activations per pixel
-            h, delta, bias = maybe_checkpoint(self.update, h, corr, flow, elements=kept)
-        elif not torch.is_grad_enabled() and h.device.type == "cpu":
-            # Channels-last convolutions are about 30% faster forward here at 512^2 (equal to 1e-6), but
-            # slower backward, so only without autograd (docs/performance.md).
-            h, delta, bias = self.update(*(t.contiguous(memory_format=torch.channels_last) for t in (h, corr, flow)))
-        else:
-            h, delta, bias = self.update(h, corr, flow)
+        h, delta, bias = memory.gru_update(self.update, h, corr, flow, training=self.training)
         if self.stride > 1:
             delta = F.interpolate(delta, size=(hh, ww), mode="bilinear", align_corners=False)
             if bias is not None:
@@ -331,7 +171,7 @@ class PatchMatchGRU(nn.Module):
         """
         b, _, h, w = query.shape
         hk, wk = key.shape[-2:]
-        q_search, k_search = kernels.search_layout(query), kernels.search_layout(key)  # read by every score pass
+        q_search, k_search = ops.search_layout(query), ops.search_layout(key)  # read by every score pass
         coords, scores, radius = initial_candidates(q_search, k_search, self.k, init, generator,
                                                     radius=self.search_radius)
         if self.gru:

@@ -8,7 +8,7 @@
 3. The matcher: the EPE per level of dense + PatchMatch (search only, the model's own code) when the
    features are perfect: built from the ground-truth body part and surface point of every pixel.
 
-    python -m bench.correspondence_diagnosis [--pairs 60] [--out reports/study/diagnosis.json]
+    python -m stages.study_diagnosis [--pairs 60] [--out reports/study/diagnosis.json]
 
 Needs the demo data (`dvc repro build_pairs`).
 """
@@ -35,7 +35,7 @@ from cocosnet.evaluate import eval_pairs
 from cocosnet.io import atomic_write_json
 from cocosnet.metrics.correspondence import endpoint_errors, gt_in_crop, identity_coords, level_gt, summarise
 from cocosnet.models.correspondence import HierarchicalCorrespondence
-from cocosnet.models.patchmatch import sample_at
+from cocosnet.models.ops import sample_at
 
 FOURIER = 24  # random Fourier features of the surface point
 

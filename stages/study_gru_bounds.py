@@ -3,7 +3,7 @@ pairs with `refinement_bounds` per level: the EPE left if every top-1 match with
 (the floor of a local refinement such as the GRU's deltas) and the EPE of the best of the k candidates
 (the floor of a perfect re-ranking). Writes one JSON.
 
-    python -m bench.gru_bounds --params study/params.yaml --pairs 120 \\
+    python -m stages.study_gru_bounds --params study/params.yaml --pairs 120 \\
         --model full=study/models/full.pt --model no_gru=study/models/no_gru.pt --out reports/study/gru_bounds.json
 
 A model whose GRU is on is also scored with the GRU off (`<name>_gru_off`).
@@ -21,8 +21,8 @@ from cocosnet.config import config_from_dict, load_config
 from cocosnet.evaluate import eval_pairs
 from cocosnet.io import atomic_write_json
 from cocosnet.models.cocosnet import CoCosNet
+from cocosnet.study_scores import score_matchers, without_gru
 from cocosnet.train.checkpoint import load_checkpoint
-from stages.study_score import score_matchers, without_gru
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Quick recipe experiments: pretrain the matcher alone with `-S key=value` overrides, then score its
 correspondence per level on the val self pairs against the identity mapping.
 
-    python -m bench.recipe --name lr1e-3 -S pretrain.lr=1.0e-3 [--steps 150] [--pairs 60]
+    python -m stages.study_recipe --name lr1e-3 -S pretrain.lr=1.0e-3 [--steps 150] [--pairs 60]
 
 Writes reports/study/recipe/<name>.json. Needs the data stages of the params file (`dvc repro build_pairs`).
 This is the measuring tool of docs/studies/correspondence.md, not a pipeline stage.
@@ -20,10 +20,10 @@ import yaml
 from cocosnet.config import config_from_dict, read_yaml
 from cocosnet.evaluate import eval_pairs
 from cocosnet.io import atomic_write_json
+from cocosnet.study_scores import score_matchers, without_gru
 from cocosnet.train.distributed import DistInfo
 from cocosnet.train.inputs import PRETRAIN
 from cocosnet.train.loop import batches, build
-from stages.study_score import score_matchers, without_gru
 
 
 def with_overrides(raw: dict, overrides: list[str]) -> dict:

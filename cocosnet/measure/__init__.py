@@ -1,0 +1,1 @@
+"""Measuring tools the benchmarks (bench/) share with their tests: FLOP floors, `make` timing, plots."""
