@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-KERNEL_FREE_TESTS := tests/test_kernels.py tests/test_patchmatch.py tests/test_knobs.py
+KERNEL_FREE_TESTS := tests/test_kernels.py tests/test_patchmatch.py tests/test_knobs.py tests/test_models.py tests/test_memory.py tests/test_pose_geometry.py
 
 # Offline and quiet, for every command (see docs/pipeline.md).
 export DVC_NO_ANALYTICS := 1
@@ -19,7 +19,7 @@ export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 export GLOO_SOCKET_IFNAME := lo
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: pipeline test venv dag bench flow mlflow-ui compare screenshot study
+.PHONY: pipeline test venv dag bench flow mlflow-ui compare study
 
 venv: $(STAMP)
 
@@ -28,7 +28,6 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -m cocosnet.models.kernels
-	$(PY) -m cocosnet.models.cpu_allocator
 	touch $(STAMP)
 
 pipeline: $(STAMP)
@@ -57,13 +56,6 @@ bench: $(STAMP)
 # Rank the evaluate runs in MLflow: make compare METRIC=paired.ssim.model
 compare: $(STAMP)
 	$(PY) -m stages.compare --metric $${METRIC:-swd.model}
-
-# A PNG of reports/eval/report.html, rendered by headless Chromium (Debian: apt-get install chromium).
-screenshot:
-	@command -v chromium >/dev/null || { echo "chromium not found: apt-get install chromium"; exit 1; }
-	chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --disable-background-networking \
-	  --disable-component-update --disable-sync --no-first-run --hide-scrollbars --window-size=1280,3900 \
-	  --screenshot=$(CURDIR)/reports/eval/report.png file://$(CURDIR)/reports/eval/report.html 2>/dev/null
 
 flow: $(STAMP)
 	$(PY) -m pipelines.flow

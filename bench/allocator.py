@@ -1,8 +1,8 @@
-"""CPU allocators side by side: PyTorch's own (glibc malloc), the project's page-caching allocator
-(COCOSNET_CPU_ALLOCATOR), jemalloc and tcmalloc through LD_PRELOAD, on the paper profile's 1024^2
-inference and 512^2 training step. Every run is a fresh process and the allocators take turns in
-each round (interleaved), so a slow hour weighs on all of them alike. Writes
-reports/bench/allocator.json.
+"""CPU allocators side by side: glibc's malloc (PyTorch's default on Linux), jemalloc and tcmalloc through
+LD_PRELOAD, on the paper profile's 1024^2 inference and 512^2 training step. Every run is a fresh process
+and the allocators take turns in each round (interleaved), so a slow hour weighs on all of them alike.
+Writes reports/bench/allocator.json (the committed one also has the project's own caching allocator,
+measured before it was removed: docs/decisions/2026-12-06-cpu-allocator.md).
 
     python -m bench.allocator [--rounds 3] [--configs infer:1024 train:512]
 
@@ -24,13 +24,12 @@ from bench.harness import in_fresh_process, machine, write_report
 
 LIBRARIES = {"jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
              "tcmalloc": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"}
-ALLOCATORS = ("glibc", "cocosnet", "jemalloc", "tcmalloc")
+ALLOCATORS = ("glibc", "jemalloc", "tcmalloc")
 
 
 def environment(allocator: str) -> dict | None:
     """The child's environment for `allocator`, or None when its library is not installed."""
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    env["COCOSNET_CPU_ALLOCATOR"] = "1" if allocator == "cocosnet" else "0"
     if allocator in LIBRARIES:
         if not Path(LIBRARIES[allocator]).exists():
             return None
@@ -46,7 +45,7 @@ def preloaded(allocator: str, env: dict) -> bool:
 
 
 def summarise(records: list[dict]) -> dict:
-    """Median seconds and peak per (config, allocator), and each one's ratio to the project's allocator."""
+    """Median seconds and peak per (config, allocator), and each one's time as a ratio to glibc's."""
     table: dict = {}
     for r in records:
         if "error" in r or "skipped" in r:
@@ -58,9 +57,9 @@ def summarise(records: list[dict]) -> dict:
     for config, by_allocator in table.items():
         medians = {a: {"seconds": statistics.median(v["seconds"]), "peak_mb": statistics.median(v["peak_mb"]),
                        "runs": len(v["seconds"])} for a, v in by_allocator.items()}
-        base = medians.get("cocosnet", {}).get("seconds")
+        base = medians.get("glibc", {}).get("seconds")
         for value in medians.values():
-            value["vs_cocosnet"] = value["seconds"] / base if base else None
+            value["vs_glibc"] = value["seconds"] / base if base else None
         out[config] = medians
     return out
 

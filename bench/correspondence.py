@@ -68,13 +68,12 @@ def benchmarked_level(channels: int):
 def child(kind: str, size: int, repeats: int, device: str, channels: int, amp: str = "off") -> dict:
     import torch
 
-    from bench.harness import autocast
-    from cocosnet.models import cpu_allocator
+    from bench.harness import autocast, preloaded_allocator
     from cocosnet.models.kernels import extension
     from cocosnet.models.patchmatch import patch_match
 
     extension()  # build or load the CPU kernels before any timing
-    allocator = cpu_allocator.install(device)  # as the stages and the `cocosnet` command do
+    allocator = preloaded_allocator()
     query, key, colors, init = level_inputs(size, channels, device)
     if kind == "patchmatch":
         level = benchmarked_level(channels).to(device)
@@ -117,7 +116,7 @@ def child(kind: str, size: int, repeats: int, device: str, channels: int, amp: s
         torch.cuda.reset_peak_memory_stats()
     infer = [run(False)[1] for _ in range(repeats)]
     result = {"kind": kind, "size": size, "device": device, "amp": amp, "repeats": repeats,
-              "cpu_kernels": kernels_on(device), "cpu_allocator": allocator, "forward_s": statistics.median(infer),
+              "cpu_kernels": kernels_on(device), "allocator": allocator, "forward_s": statistics.median(infer),
               "runs_forward_s": infer}
     if trains:
         train = [run(True) for _ in range(repeats)]

@@ -1,4 +1,4 @@
-"""The floor under the CPU goals of issue 11: how many convolution FLOPs each workload does, and how long
+"""The floor under the CPU goals: how many convolution FLOPs each workload does, and how long
 they take at the best rate this machine reaches. Writes reports/bench/flops.json.
 
     python -m bench.flops [--level-size 512] [--train-size 512] [--infer-size 1024] [--profile paper]

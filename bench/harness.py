@@ -107,6 +107,14 @@ def in_fresh_process(module: str, child_args: list[str], describe: dict, *, laun
     return json.loads(lines[-1])
 
 
+def preloaded_allocator() -> str:
+    """The allocator the process runs with: the library LD_PRELOAD names (e.g. libtcmalloc_minimal.so.4), or
+    glibc's malloc (docs/performance.md compares them)."""
+    import os
+
+    return Path(os.environ.get("LD_PRELOAD", "").split(":")[0]).name or "glibc"
+
+
 def machine() -> dict:
     import os
 

@@ -24,6 +24,7 @@ from bench.harness import (
     machine,
     median_time,
     peak_mb,
+    preloaded_allocator,
     reset_peak,
     write_report,
 )
@@ -36,13 +37,12 @@ def child(mode: str, size: int, *, profile: str, device: str, batch: int, amp: s
           warmup: int) -> dict:
     import torch
 
-    from cocosnet.models import cpu_allocator
     from cocosnet.models.cocosnet import CoCosNet
     from cocosnet.models.kernels import extension
     from cocosnet.train.trainer import CorrespondenceTrainer, sample_generators
 
     extension()  # build or load the CPU kernels before any timing
-    allocator = cpu_allocator.install(device)  # as the stages and the `cocosnet` command do
+    allocator = preloaded_allocator()
 
     cfg = bench_config(profile)
     torch.manual_seed(0)
@@ -65,7 +65,7 @@ def child(mode: str, size: int, *, profile: str, device: str, batch: int, amp: s
     reset_peak(device)
     median, runs = median_time(step, device, repeats, warmup)
     return {"mode": mode, "size": size, "profile": profile, "device": device, "batch": batch, "amp": amp,
-            "seconds": median, "runs": runs, "warmup": warmup, "peak_mb": peak_mb(device), "cpu_allocator": allocator,
+            "seconds": median, "runs": runs, "warmup": warmup, "peak_mb": peak_mb(device), "allocator": allocator,
             "params_m": sum(p.numel() for p in model.matcher.parameters()) / 1e6}
 
 
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--amp", default="off", choices=["off", "bfloat16", "float16"])
     parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), help="mode:size, mode train|infer")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (lazy kernel and allocator set-up)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (lazy set-up)")
     parser.add_argument("--out", default="reports/bench/matcher.json")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()

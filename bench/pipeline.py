@@ -5,7 +5,7 @@ Appends a record to reports/bench/pipeline.json.
 
 The clone goes beside this checkout (so `../shared` is there as in CI) with its own
 TORCH_EXTENSIONS_DIR, so the CPU kernels are compiled as on a new machine (inside `make venv`).
-Stage times are the gaps between DVC's "Running stage" lines; the goal (issue 11) is
+Stage times are the gaps between DVC's "Running stage" lines; the goal is
 `make pipeline` in <= 600 s, install excluded. The record also checks what the demo must show
 (the trained correspondence beats the identity at every level; the output beats copying the
 exemplar on L1) and whether the clone reproduced the committed reports/metrics.json byte for byte.

@@ -31,6 +31,7 @@ from bench.harness import (
     machine,
     median_time,
     peak_mb,
+    preloaded_allocator,
     reset_peak,
     write_report,
 )
@@ -146,13 +147,12 @@ def child(size: int, *, profile: str, device: str, batch: int, amp: str, repeats
     import torch
 
     from cocosnet.losses.vgg import load_vgg19
-    from cocosnet.models import cpu_allocator
     from cocosnet.models.cocosnet import CoCosNet, build_discriminator
     from cocosnet.models.kernels import extension
     from cocosnet.train.trainer import GanTrainer
 
     extension()  # build or load the CPU kernels before any timing
-    allocator = cpu_allocator.install(device)  # as the stages and the `cocosnet` command do
+    allocator = preloaded_allocator()
 
     cfg = bench_config(profile)
     torch.manual_seed(0)
@@ -172,7 +172,7 @@ def child(size: int, *, profile: str, device: str, batch: int, amp: str, repeats
         model.zero_grad(set_to_none=True)
         disc.zero_grad(set_to_none=True)
     record = {"size": size, "profile": profile, "device": device, "batch": batch, "amp": amp,
-              "step_s": full, "runs": runs, "warmup": warmup, "peak_mb": peak, "cpu_allocator": allocator,
+              "step_s": full, "runs": runs, "warmup": warmup, "peak_mb": peak, "allocator": allocator,
               "parts_s": parts,
               "other_s": full - sum(parts.values()),
               "share": {k: v / full for k, v in parts.items()}}

@@ -90,7 +90,6 @@ def generate(args: argparse.Namespace) -> None:
     from cocosnet.generate import generate_one, load_model_file, output_format, run_pairs, save_image
     from cocosnet.io import sha256_file
     from cocosnet.limits import MAX_PIXELS_ENV, MAX_SIDE_ENV
-    from cocosnet.models import cpu_allocator
 
     single = [args.exemplar, args.exemplar_pose, args.pose, args.out]
     if args.pairs is None and not all(single):
@@ -108,7 +107,6 @@ def generate(args: argparse.Namespace) -> None:
     for name in (args.out, args.panel):
         if name:
             output_format(name)
-    cpu_allocator.install(device)
     model, cfg = load_model_file(args.model, device)
     if args.pairs is None:
         result = generate_one(model, cfg, args.exemplar, args.exemplar_pose, args.pose, size=size,

@@ -11,7 +11,6 @@ from cocosnet.config import Config
 from cocosnet.evaluate import evaluate
 from cocosnet.io import atomic_save, atomic_write_json, sha256_file
 from cocosnet.metrics.schema import flat_metrics
-from cocosnet.models import cpu_allocator
 from cocosnet.models.cocosnet import CoCosNet
 from cocosnet.report import correspondence_plot, loss_plot, read_losses, write_report
 from cocosnet.tracking import Tracker
@@ -24,7 +23,6 @@ def run_evaluation(cfg: Config, model_path: Path, reports: Path, outputs: Path) 
     """Evaluate the model file on the val pairs: JPG outputs under `outputs`, <reports>/metrics.json, the plots
     and <reports>/eval/report.html, and an MLflow run. Returns the headline numbers."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cpu_allocator.install(device)
     trained, ckpt = load_model(model_path, cfg)
     torch.manual_seed(cfg.eval.seed)
     untrained = CoCosNet.from_config(cfg)

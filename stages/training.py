@@ -8,7 +8,6 @@ from pathlib import Path
 import pandas as pd
 
 from cocosnet.config import Config
-from cocosnet.models import cpu_allocator
 from cocosnet.tracking import Tracker
 from cocosnet.train.distributed import setup, teardown
 from cocosnet.train.inputs import StageSpec
@@ -26,7 +25,6 @@ def add_resume_flag(parser) -> None:
 def train_stage(cfg: Config, spec: StageSpec, paths: RunPaths, *, across_code_change: bool = False) -> None:
     across_code_change = across_code_change or os.environ.get(ACROSS_CODE_ENV, "") not in ("", "0")
     info = setup()
-    cpu_allocator.install(info.device)
     try:
         table = pd.read_parquet(Path(cfg.data.processed) / "pairs.parquet")
         with Tracker(cfg, spec.name, device=str(info.device), enabled=info.is_main) as tracker:

@@ -269,3 +269,37 @@ def test_a_run_resumes_across_a_code_change_only_when_asked(data, tmp_path, monk
     _, messages = run(config(data, steps=4), "pretrain", tmp_path)  # not asked: afresh, the set kept aside
     assert any("the training code changed (cocosnet/train/trainer.py)" in m and "starts afresh" in m
                for m in messages), messages
+
+
+def test_a_comment_and_a_docstring_in_the_model_and_trainer_resume_the_finished_run(data, tmp_path, monkeypatch):
+    """Issue 27's acceptance check in small: after a comment and a docstring are added to trainer.py and
+    patchmatch.py, the finished run is resumed, not retrained, and the model file comes out byte-identical;
+    a real change to the same file still starts afresh."""
+    import functools
+    import shutil
+
+    from cocosnet.train import inputs as inputs_module
+
+    cfg = config(data, steps=2)
+    run(cfg, "pretrain", tmp_path)
+    first = (tmp_path / "model.pt").read_bytes()
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT / "cocosnet", tree / "cocosnet", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("cocosnet/train/trainer.py", "cocosnet/models/patchmatch.py"):
+        source = (tree / name).read_text()
+        source = source.replace("\nclass ", '\n# A comment a reviewer asked for.\nclass ', 1)
+        source = source.replace('\n    """', '\n    """A new first sentence. ', 1)
+        (tree / name).write_text(source)
+        assert (tree / name).read_bytes() != (ROOT / name).read_bytes()
+    real = inputs_module.code_sha256
+    monkeypatch.setattr(inputs_module, "code_sha256", functools.partial(real, root=tree))
+    (tmp_path / "model.pt").unlink()
+    _, messages = run(cfg, "pretrain", tmp_path)
+    assert any("is at step 2, the step count asked for" in m for m in messages), messages
+    assert not any("starts afresh" in m for m in messages), messages
+    assert (tmp_path / "model.pt").read_bytes() == first
+    with (tree / "cocosnet/models/patchmatch.py").open("a") as fh:
+        fh.write("\nX = 1\n")
+    _, messages = run(cfg, "pretrain", tmp_path)
+    assert any("the training code changed (cocosnet/models/patchmatch.py)" in m and "starts afresh" in m
+               for m in messages), messages

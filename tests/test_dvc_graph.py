@@ -70,7 +70,7 @@ def test_training_stage_params_are_the_checkpoint_check_params():
 
 
 def test_the_flow_runs_dvc_yaml_stages_in_graph_order():
-    from pipelines.flow import STAGES as FLOW_STAGES
+    from cocosnet.flow import STAGES as FLOW_STAGES
 
     assert list(FLOW_STAGES) == list(DVC)
     producer = {}

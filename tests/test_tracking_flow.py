@@ -59,7 +59,7 @@ def prefect_harness():
 
 
 def test_flow_runs_the_dvc_stages_in_order(prefect_harness, monkeypatch):
-    from pipelines import flow
+    from cocosnet import flow
 
     ran = []
     monkeypatch.setattr(flow, "run_dvc_stage", lambda stage, params_file, repo: ran.append(stage) or "ok\n")
@@ -70,7 +70,7 @@ def test_flow_runs_the_dvc_stages_in_order(prefect_harness, monkeypatch):
 
 
 def test_flow_tasks_retry_only_where_safe():
-    from pipelines import flow
+    from cocosnet import flow
 
     assert flow.TASKS["prepare"].retries == 2
     assert flow.TASKS["pretrain"].retries == 0 and flow.TASKS["train"].retries == 0

@@ -106,9 +106,10 @@ def _candidate_scores_backward(grad: Tensor, query: Tensor, key: Tensor,
     b, c, hk, wk = key.shape
     _, h, w, k, _ = coords.shape
     scale = coords.new_tensor([2.0 / max(wk - 1, 1), 2.0 / max(hk - 1, 1)])  # as in `sample_at`
+    chunk = memory.score_chunk(k)
     g_query, g_key, g_coords = torch.zeros_like(query), torch.zeros_like(key), []
-    for j in range(0, k, memory.score_chunk(k)):
-        part = coords[..., j:j + memory.score_chunk(k), :]
+    for j in range(0, k, chunk):
+        part = coords[..., j:j + chunk, :]
         kc = part.shape[3]
         grid = (part * scale - 1.0).reshape(b, h, w * kc, 2).to(key.dtype)
         samples = F.grid_sample(key, grid, mode="bilinear", padding_mode="border", align_corners=True)

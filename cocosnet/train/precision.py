@@ -6,7 +6,7 @@
 
 Either way the correspondence's similarities, search and softmax warps stay in fp32
 (`models/correspondence.py`): divided by the temperature 0.01, bf16's 8-bit mantissa could move a
-logit by about 2^-8 / 0.01 = 0.4. Measured here (docs/performance.md, item 22): the 512^2 pretrain
+logit by about 2^-8 / 0.01 = 0.4. Measured (docs/decisions/2026-12-02-bf16-autocast-cpu.md): the 512^2 pretrain
 step 1.4x faster and 1.3x leaner in bf16.
 """
 
