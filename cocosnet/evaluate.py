@@ -7,10 +7,13 @@
 * Ref pairs (another person's clothes): set metrics, SWD and FID, of the outputs
   against the targets, by the CoCosNet protocol.
 
-Every output is written as JPG with a stable name (`<set>/{fake,real,exemplar}/<n>.jpg`,
+Every output is written as JPG with a stable name (`<set>/{fake,real,exemplar,warp}/<n>.jpg`,
 the pair recorded in `<set>/pairs.csv`), and every image metric is computed from
 those files, so a folder can be re-scored by any tool and give the same numbers.
-The baseline "copy_exemplar" scores the exemplar itself as the output.
+Two baselines are scored the same way: "copy_exemplar", the exemplar itself as the
+output, and "finest_warp", the finest correspondence level's warp of the exemplar
+(resized to the output's size where it differs): the generator's own input, so the
+image it adds must beat it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from cocosnet.config import Config
@@ -34,11 +38,12 @@ from cocosnet.metrics.correspondence import batch_gt, identity_coords, level_err
 from cocosnet.metrics.fid import FidUnavailable
 from cocosnet.metrics.images import list_images
 from cocosnet.metrics.scoring import fid_scores, paired_scores, swd_scores
+from cocosnet.models.blocks import resize_to
 from cocosnet.models.cocosnet import CoCosNet
 from cocosnet.progress import progress
 from cocosnet.train.samples import sample_grid, to_uint8
 
-ROLES = ("fake", "real", "exemplar")
+ROLES = ("fake", "real", "exemplar", "warp")
 LPIPS_UNAVAILABLE = ("LPIPS is not computed: it needs the PerceptualSimilarity linear heads on a torchvision "
                      "AlexNet/VGG16 backbone, whose weights are not shipped, and this project does not define "
                      "that network yet")
@@ -72,7 +77,7 @@ def generate(cfg: Config, trained: CoCosNet, untrained: CoCosNet | None, table: 
     rerun with the same model `fingerprint`, pairs and settings reuses."""
     spec = {"model": fingerprint, "pairs": table[["target", "exemplar"]].values.tolist(),
             "quality": cfg.eval.jpeg_quality, "seed": cfg.eval.seed, "batch": cfg.eval.batch_size,
-            "crop": cfg.data.crop_size}
+            "crop": cfg.data.crop_size, "roles": list(ROLES)}
     # Staged beside the tracked outputs folder, not inside it, so a failed run leaves DVC's output unmodified.
     staging = Staging(out, spec, path=out.parent.with_name(out.parent.name + ".partial") / out.name)
     for role in ROLES:
@@ -102,14 +107,16 @@ def generate(cfg: Config, trained: CoCosNet, untrained: CoCosNet | None, table: 
         gen = torch.Generator(device=device).manual_seed(cfg.eval.seed + i)
         result = trained(b["label"], b["exemplar"], b["exemplar_label"], generator=gen)
         if i == 0:
-            grid = sample_grid(batch, [w.cpu() for w in result.correspondence.warps], result.image.cpu(), rows=6)
+            grid = evaluation_grid(batch, [w.cpu() for w in result.correspondence.warps], result.image.cpu(), rows=6)
         if with_gt:
             batch_errors = _correspondence_errors(cfg, root, table, batch, b, result, untrained, device, i)
             torch.save(batch_errors, corr_file)
             for who, levels in batch_errors.items():
                 for level, errs in levels.items():
                     errors[who][level].append(errs)
-        for role, images in (("fake", result.image), ("real", batch["image"]), ("exemplar", batch["exemplar"])):
+        finest = resize_to(result.correspondence.warps[-1], tuple(result.image.shape[-2:]), "bilinear")
+        for role, images in (("fake", result.image), ("real", batch["image"]), ("exemplar", batch["exemplar"]),
+                             ("warp", finest)):
             for name, image in zip(names, images):
                 _save_jpg(to_uint8(image.cpu()), staging.path / role / name, cfg.eval.jpeg_quality)
     table.assign(name=[f"{n:05d}.jpg" for n in range(len(table))])[["name", "target", "exemplar"]].to_csv(
@@ -118,6 +125,31 @@ def generate(cfg: Config, trained: CoCosNet, untrained: CoCosNet | None, table: 
     folder = staging.commit()
     merged = {who: {level: torch.cat(v) for level, v in levels.items()} for who, levels in errors.items()}
     return Generated(folder, merged, grid)
+
+
+ERROR_GAIN = 4  # an error map's white is a mean absolute error of 1/ERROR_GAIN of the intensity range
+
+
+def error_map(image: Tensor, target: Tensor) -> Tensor:
+    """|image - target| averaged over RGB, as a grey (3, H, W) image in [-1, 1] (both inputs in [-1, 1]):
+    black where they agree, white where they differ by 1/ERROR_GAIN of the range or more."""
+    err = (image - target).abs().mean(0, keepdim=True) / 2 * ERROR_GAIN
+    return (err.clamp(0, 1) * 2 - 1).expand(3, -1, -1)
+
+
+def evaluation_grid(batch: dict, warps: list[Tensor], output: Tensor, *, rows: int) -> Image.Image:
+    """The sample grid (exemplar | pose | warp per level | output | target), then the error maps of the
+    finest warp and of the output against the target, so a reader sees where the generator adds and where
+    it loses."""
+    base = np.asarray(sample_grid(batch, warps, output, rows=rows))
+    size = tuple(batch["image"].shape[-2:])
+    maps = []
+    for i in range(min(rows, batch["image"].shape[0])):
+        finest = resize_to(warps[-1][i:i + 1].float(), size, "bilinear")[0]
+        target = batch["image"][i]
+        maps.append(np.concatenate([to_uint8(error_map(finest, target)), to_uint8(error_map(output[i], target))],
+                                   axis=1))
+    return Image.fromarray(np.concatenate([base, np.concatenate(maps, axis=0)], axis=1))
 
 
 def _correspondence_errors(cfg, root, table, batch, b, result, untrained, device, i) -> dict:
@@ -134,17 +166,18 @@ def _correspondence_errors(cfg, root, table, batch, b, result, untrained, device
 def _role_files(folder: Path) -> dict[str, list[Path]]:
     files = {role: list_images(folder / role) for role in ROLES}
     names = {role: [p.name for p in paths] for role, paths in files.items()}
-    if not names["real"] == names["fake"] == names["exemplar"]:
-        raise ValueError(f"{folder}: real/, fake/ and exemplar/ must hold the same file names")
+    if any(names[role] != names["real"] for role in ROLES):
+        raise ValueError(f"{folder}: {', '.join(f'{r}/' for r in ROLES)} must hold the same file names")
     return files
 
 
 def _candidates(files: dict[str, list[Path]]) -> dict[str, list[Path]]:
-    return {"model": files["fake"], "copy_exemplar": files["exemplar"]}
+    return {"model": files["fake"], "finest_warp": files["warp"], "copy_exemplar": files["exemplar"]}
 
 
 def paired_metrics(folder: Path) -> dict:
-    """L1 / PSNR / SSIM of fake and of exemplar (the copy baseline) against real, from the JPGs."""
+    """L1 / PSNR / SSIM of the output and of both baselines (the finest warp, the copied exemplar) against
+    the target, from the JPGs."""
     files = _role_files(folder)
     out: dict = paired_scores(files["real"], _candidates(files))
     out["lpips"] = {"unavailable": LPIPS_UNAVAILABLE}
@@ -152,7 +185,7 @@ def paired_metrics(folder: Path) -> dict:
 
 
 def set_metrics(cfg: Config, folder: Path, *, device: torch.device) -> tuple[dict, dict]:
-    """SWD and FID of fake and of exemplar against real, from the JPGs."""
+    """SWD and FID of the output and of both baselines against the targets, from the JPGs."""
     files = _role_files(folder)
     per_level = swd_scores(files["real"], _candidates(files), size=cfg.eval.swd_size, seed=cfg.eval.seed,
                            device=device)

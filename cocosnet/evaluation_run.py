@@ -16,7 +16,8 @@ from cocosnet.report import correspondence_plot, loss_plot, read_losses, write_r
 from cocosnet.tracking import Tracker
 from cocosnet.train.checkpoint import load_model
 
-GRID_CAPTION = "columns: exemplar | pose | warp at each level (coarse to fine) | output | target"
+GRID_CAPTION = ("columns: exemplar | pose | warp at each level (coarse to fine) | output | target | error of the "
+                "finest warp | error of the output (|image - target|, mean over RGB; white: a quarter of the range or more)")
 
 
 def run_evaluation(cfg: Config, model_path: Path, reports: Path, outputs: Path) -> dict:

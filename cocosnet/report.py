@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from cocosnet.io import atomic_save, atomic_write  # noqa: E402
-from cocosnet.metrics.schema import CORRESPONDENCE_WHO, LABELS, PAIRED, SET  # noqa: E402
+from cocosnet.metrics.schema import BASELINES, CORRESPONDENCE_WHO, IMAGE_WHO, LABELS, PAIRED, SET  # noqa: E402
 
 WHO = CORRESPONDENCE_WHO
 
@@ -90,34 +90,69 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) else html.escape(str(value))
 
 
-def metrics_rows(metrics: dict) -> list[tuple[str, str, str, str]]:
-    """(metric, better, model, copy_exemplar) rows for the table."""
-    rows = []
+BASELINE_NAMES = {"finest_warp": "the finest warp", "copy_exemplar": "copying the exemplar"}
+HEADERS = {"model": "model", "finest_warp": "finest warp", "copy_exemplar": "copy exemplar"}
+
+
+def _image_metrics(metrics: dict) -> list[tuple[str, str, dict]]:
+    """(title, better, {who: value} or {"unavailable": reason}) for every image metric of metrics.json."""
+    out = []
     for name, values in metrics.get("paired", {}).items():
-        title = f"{LABELS[name]} (self pairs)"
-        if "unavailable" in values:
-            rows.append((title, PAIRED[name], "unavailable", values["unavailable"]))
-        else:
-            rows.append((title, PAIRED[name], _fmt(values["model"]), _fmt(values["copy_exemplar"])))
+        out.append((f"{LABELS[name]} (self pairs)", PAIRED[name], values))
     swd = metrics.get("swd", {})
     if "unavailable" in swd:
-        rows.append((f"{LABELS['swd']} (ref pairs)", SET["swd"], "unavailable", swd["unavailable"]))
+        out.append((f"{LABELS['swd']} (ref pairs)", SET["swd"], swd))
     elif swd:
-        rows.append((f"{LABELS['swd']}, avg (ref pairs)", SET["swd"], _fmt(swd["model"]), _fmt(swd["copy_exemplar"])))
+        out.append((f"{LABELS['swd']}, avg (ref pairs)", SET["swd"], swd))
         for level in swd["per_level"]["model"]:
             if level != "avg":
-                rows.append((f"{LABELS['swd']} at {level} px", SET["swd"], _fmt(swd["per_level"]["model"][level]),
-                             _fmt(swd["per_level"]["copy_exemplar"][level])))
+                out.append((f"{LABELS['swd']} at {level} px", SET["swd"],
+                            {who: v[level] for who, v in swd["per_level"].items()}))
         if "shared_draws" in swd:
-            shared = swd["shared_draws"]
-            rows.append((f"{LABELS['swd']}, avg, shared draws (not the protocol)", SET["swd"],
-                         _fmt(shared["model"]), _fmt(shared["copy_exemplar"])))
+            out.append((f"{LABELS['swd']}, avg, shared draws (not the protocol)", SET["swd"], swd["shared_draws"]))
     fid = metrics.get("fid", {})
-    if "unavailable" in fid:
-        rows.append((f"{LABELS['fid']} (ref pairs)", SET["fid"], "unavailable", fid["unavailable"]))
-    elif fid:
-        rows.append((f"{LABELS['fid']} (ref pairs)", SET["fid"], _fmt(fid["model"]), _fmt(fid["copy_exemplar"])))
+    if fid:
+        out.append((f"{LABELS['fid']} (ref pairs)", SET["fid"], fid))
+    return out
+
+
+def metrics_rows(metrics: dict) -> list[list[str]]:
+    """[metric, better, one cell per IMAGE_WHO] rows for the table (escaped HTML); an unavailable metric shows
+    its reason."""
+    rows = []
+    for title, better, values in _image_metrics(metrics):
+        if "unavailable" in values:
+            cells = ["unavailable", html.escape(values["unavailable"])] + [""] * (len(IMAGE_WHO) - 2)
+        else:
+            cells = [_fmt(values[who]) if who in values else "-" for who in IMAGE_WHO]
+        rows.append([html.escape(title), better, *cells])
     return rows
+
+
+def verdicts(metrics: dict) -> list[str]:
+    """One sentence per baseline: on which headline metrics (the paired ones, SWD and FID averages) the model
+    beats it and on which it does not, with the values."""
+    headline = [(t, b, v) for t, b, v in _image_metrics(metrics)
+                if "unavailable" not in v and " at " not in t and "shared" not in t and "model" in v]
+    sentences = []
+    for who in BASELINES:
+        wins, losses = [], []
+        for title, better, values in headline:
+            if who not in values:
+                continue
+            name = title.split(" (")[0].split(",")[0]
+            model, base = values["model"], values[who]
+            beats = model < base if better == "lower" else model > base
+            (wins if beats else losses).append(f"{name} ({_fmt(model)} against {_fmt(base)})")
+        if wins or losses:
+            parts = []
+            if wins:
+                parts.append("beats " + BASELINE_NAMES[who] + " on " + ", ".join(wins))
+            if losses:
+                parts.append(("but not on " if wins else "does not beat " + BASELINE_NAMES[who] + " on ")
+                             + ", ".join(losses))
+            sentences.append("The model " + "; ".join(parts) + ".")
+    return sentences
 
 
 def correspondence_rows(correspondence: dict) -> list[list[str]]:
@@ -151,13 +186,13 @@ def write_report(path: Path, metrics: dict, *, figures: dict[str, Path], grids: 
              f"<style>{STYLE}</style></head><body><h1>CoCosNet v2 evaluation</h1>"]
     parts.append("<p class='meta'>" + " · ".join(f"{html.escape(k)}: {html.escape(str(v))}"
                                                   for k, v in info.items()) + "</p>")
+    parts += [f"<p class='verdict'><b>{html.escape(v)}</b></p>" for v in verdicts(metrics)]
     parts += [f"<div class='note'>{html.escape(n)}</div>" for n in notes]
-    parts.append("<h2>Image metrics</h2><p>The model against the baseline that copies the exemplar as its output. "
-                 "Paired metrics on val self pairs (the true target exists); SWD and FID on val ref pairs, "
-                 "outputs and targets scored as JPG.</p>")
-    parts.append(_table(["metric", "better", "model", "copy exemplar"],
-                        [[html.escape(a), b, c, html.escape(d) if c == "unavailable" else d]
-                         for a, b, c, d in metrics_rows(metrics)]))
+    parts.append("<h2>Image metrics</h2><p>The model against two baselines: the finest level's warp of the "
+                 "exemplar (what the generator is given) and the exemplar copied as the output. Paired metrics on "
+                 "val self pairs (the true target exists); SWD and FID on val ref pairs, outputs and targets scored "
+                 "as JPG.</p>")
+    parts.append(_table(["metric", "better", *(HEADERS[w] for w in IMAGE_WHO)], metrics_rows(metrics)))
     if "correspondence" in metrics:
         parts.append("<h2>Correspondence accuracy</h2><p>Top-1 match against the synthetic ground truth, in each "
                      "level's own pixels: the trained model, the same architecture untrained, and the identity "

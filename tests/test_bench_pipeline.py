@@ -30,13 +30,15 @@ def metrics(trained_epe: list[float], model_l1: float) -> dict:
     return {"correspondence": {"per_level": {
                 "trained": {str(i): {"epe_px": e} for i, e in enumerate(trained_epe)},
                 "identity": {str(i): {"epe_px": e} for i, e in enumerate(identity)}}},
-            "paired": {"l1": {"model": model_l1, "copy_exemplar": 0.05}}}
+            "paired": {"l1": {"model": model_l1, "finest_warp": 0.045, "copy_exemplar": 0.05}}}
 
 
 def test_the_demo_checks_read_every_level_and_the_l1():
     good = demo_checks(metrics([0.5, 1.0, 2.0], 0.04))
     assert good["correspondence_beats_identity_every_level"] and good["output_beats_copy_on_l1"]
+    assert good["output_beats_finest_warp_on_l1"] and good["l1"]["finest_warp"] == 0.045
     assert good["epe_px"] == {"trained": [0.5, 1.0, 2.0], "identity": [1.0, 2.0, 4.0]}
     one_level_worse = demo_checks(metrics([0.5, 2.5, 2.0], 0.06))
     assert not one_level_worse["correspondence_beats_identity_every_level"]
     assert not one_level_worse["output_beats_copy_on_l1"]
+    assert not one_level_worse["output_beats_finest_warp_on_l1"]

@@ -17,7 +17,7 @@ from cocosnet.metrics.images import load_folder_pair
 from cocosnet.metrics.scoring import score_folders
 from cocosnet.models.cocosnet import CoCosNet
 from cocosnet.tracking import PIPELINE_ENV, search_runs
-from cocosnet.train.checkpoint import save_model
+from cocosnet.train.checkpoint import load_model, save_model
 from tests.helpers import prepare_data, random_pytorch_fid_state, tiny_training_config
 
 
@@ -47,7 +47,7 @@ def test_evaluate_stage_writes_outputs_metrics_report_and_mlflow(setup, tmp_path
     metrics = run_stage(cfg, model_path, tmp_path / "reports", monkeypatch, uri)
     assert metrics["pairs"] == 6 and metrics["ref_pairs"] == 6
     for name in ("l1", "psnr", "ssim"):
-        assert set(metrics["paired"][name]) == {"model", "copy_exemplar"}
+        assert set(metrics["paired"][name]) == {"model", "finest_warp", "copy_exemplar"}
     assert "unavailable" in metrics["paired"]["lpips"]
     assert metrics["fid"] == {"unavailable": metrics["fid"]["unavailable"]}
     assert "eval.inception_weights" in metrics["fid"]["unavailable"]
@@ -80,6 +80,8 @@ def test_evaluate_stage_writes_outputs_metrics_report_and_mlflow(setup, tmp_path
     assert not re.search(r"(src|href)=['\"](https?:|file:|//)", report)  # self-contained
     assert report.count("data:image/png;base64,") >= 3  # correspondence plot + two sample grids
     assert "copy exemplar" in report and "FID unavailable" in report and "randomly initialised VGG19" in report
+    assert "finest warp" in report
+    assert re.search(r"The model (beats|does not beat) the finest warp on ", report)
 
     runs = search_runs(uri, ["cocosnet-demo"], "tags.stage = 'evaluate'")
     assert len(runs) == 1
@@ -90,6 +92,8 @@ def test_evaluate_stage_writes_outputs_metrics_report_and_mlflow(setup, tmp_path
         corr["per_level"]["identity"]["0"]["epe_px"])
     assert run["tags.fid"] == "unavailable"
     assert run["metrics.swd.shared_draws.model"] == pytest.approx(swd["shared_draws"]["model"])
+    assert run["metrics.paired.l1.finest_warp"] == pytest.approx(metrics["paired"]["l1"]["finest_warp"])
+    assert run["metrics.swd.finest_warp"] == pytest.approx(swd["finest_warp"])
 
     # A second run writes the same bytes: no timestamps or run ids in the report, metrics or images.
     run_stage(cfg, model_path, tmp_path / "again", monkeypatch, uri)
@@ -190,3 +194,58 @@ def test_compare_escapes_what_it_copies_from_mlflow():
     assert "a\\|b\\`c" in md and "x y \\<script\\>\\_\\*" in md and "exp\\|name" in md
     with pytest.raises(ValueError, match="--direction"):
         rank_runs(runs, "loss_g")
+
+
+def test_a_generator_that_returns_its_finest_warp_scores_exactly_as_the_finest_warp(setup, tmp_path, monkeypatch):
+    """The warp baseline is the finest level's warp, written and scored like the output: a model whose
+    generator hands back that warp gets the warp's numbers, to the last bit, on every image metric."""
+    from cocosnet.evaluate import evaluate
+
+    cfg, processed, model_path = setup
+    trained, _ = load_model(model_path, cfg)
+    monkeypatch.setattr(CoCosNet, "generate", lambda self, warps, label: warps[-1])
+    pairs = pd.read_parquet(processed / "pairs.parquet")
+    metrics, _ = evaluate(cfg, trained, None, pairs, device=torch.device("cpu"), outputs=tmp_path / "out")
+    for name in ("l1", "psnr", "ssim"):
+        assert metrics["paired"][name]["model"] == metrics["paired"][name]["finest_warp"], name
+        assert metrics["paired"][name]["model"] != metrics["paired"][name]["copy_exemplar"], name
+    assert metrics["swd"]["model"] == metrics["swd"]["finest_warp"]
+    assert metrics["swd"]["per_level"]["model"] == metrics["swd"]["per_level"]["finest_warp"]
+    warp, fake = load_folder_pair(tmp_path / "out" / "self" / "warp", tmp_path / "out" / "self" / "fake")
+    assert (warp == fake).all() and warp.shape[1:3] == (cfg.data.crop_size, cfg.data.crop_size)
+
+
+def test_the_report_says_which_baseline_the_model_beats_on_which_metric():
+    from cocosnet.report import verdicts
+
+    metrics = {"paired": {"l1": {"model": 0.05, "finest_warp": 0.03, "copy_exemplar": 0.06},
+                          "ssim": {"model": 0.8, "finest_warp": 0.7, "copy_exemplar": 0.5},
+                          "lpips": {"unavailable": "no weights"}},
+               "swd": {"model": 70.0, "finest_warp": 20.0, "copy_exemplar": 18.0, "shared_draws": {},
+                       "per_level": {"model": {"avg": 70.0}}},
+               "fid": {"unavailable": "no weights"}}
+    warp, copy = verdicts(metrics)
+    assert warp == ("The model beats the finest warp on SSIM (0.8 against 0.7); but not on L1 (0.05 against 0.03), "
+                    "SWD x1e3 (70 against 20).")
+    assert copy == ("The model beats copying the exemplar on L1 (0.05 against 0.06), SSIM (0.8 against 0.5); "
+                    "but not on SWD x1e3 (70 against 18).")
+    metrics["paired"]["ssim"]["model"] = 0.6
+    assert verdicts(metrics)[0].startswith("The model does not beat the finest warp on L1")
+
+
+def test_error_maps_are_black_where_equal_and_white_from_a_quarter_of_the_range():
+    from cocosnet.evaluate import error_map, evaluation_grid
+
+    target = torch.zeros(3, 2, 3)
+    image = target.clone()
+    image[:, 0, 1] = 0.5  # |diff| 0.5 of [-1, 1]: a quarter of the range -> white
+    image[:, 1, 2] = 0.25  # an eighth -> mid grey
+    image[0, 1, 0] = 2.0  # one channel far off: the mean over RGB, clamped at white
+    err = error_map(image, target)
+    assert err.shape == (3, 2, 3) and (err[0] == err[1]).all()
+    assert err[0].tolist() == [[-1.0, 1.0, -1.0], [1.0, -1.0, 0.0]]
+    batch = {"image": torch.zeros(2, 3, 8, 8), "exemplar": torch.zeros(2, 3, 8, 8), "label": torch.zeros(2, 20, 8, 8)}
+    grid = evaluation_grid(batch, [torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 8, 8)], torch.zeros(2, 3, 8, 8), rows=2)
+    assert grid.size == (8 * 8, 16)  # exemplar, pose, 2 warps, output, target, 2 error maps; 2 rows
+    pixels = np.asarray(grid)
+    assert (pixels[:, 6 * 8:7 * 8] == 255).all() and (pixels[:, 7 * 8:] == 0).all()  # warp all wrong, output right

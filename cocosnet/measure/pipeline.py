@@ -44,5 +44,6 @@ def demo_checks(metrics: dict) -> dict:
     return {"correspondence_beats_identity_every_level": all(beats_identity.values()),
             "epe_px": {who: [levels[who][k]["epe_px"] for k in sorted(levels[who], key=int)]
                        for who in ("trained", "identity")},
-            "l1": {"model": l1["model"], "copy_exemplar": l1["copy_exemplar"]},
-            "output_beats_copy_on_l1": l1["model"] < l1["copy_exemplar"]}
+            "l1": {who: l1[who] for who in ("model", "finest_warp", "copy_exemplar") if who in l1},
+            "output_beats_copy_on_l1": l1["model"] < l1["copy_exemplar"],
+            "output_beats_finest_warp_on_l1": l1["model"] < l1["finest_warp"] if "finest_warp" in l1 else None}

@@ -6,12 +6,12 @@ ranks runs by those names with `higher_is_better`. A new metric is added here
 once and appears everywhere.
 
     {"pairs": int, "ref_pairs": int, "jpeg_quality": int, "vgg_weights": str,
-     "paired": {"l1" | "psnr" | "ssim": {"model": f, "copy_exemplar": f}, "lpips": {"unavailable": str}},
-     "swd": {"model": f, "copy_exemplar": f,                # avg over levels, PGGAN protocol
+     "paired": {"l1" | "psnr" | "ssim": {who: f}, "lpips": {"unavailable": str}},   # who in IMAGE_WHO
+     "swd": {who: f,                                        # avg over levels, PGGAN protocol
              "per_level": {who: {"<px>": f, ..., "avg": f}},
              "shared_draws": {who: f},                      # the common-random-numbers variant
              "images": int, "resolution": int, "seed": int} | {"unavailable": str},
-     "fid": {"model": f, "copy_exemplar": f, "images": int, "weights": str} | {"unavailable": str},
+     "fid": {who: f, "images": int, "weights": str} | {"unavailable": str},
      "correspondence": {"epe_px" | "acc_1px" | "acc_3px": {who: f},   # at the finest level
                         "per_level": {who: {"<level>": {"epe_px": f, "acc_1px": f, "acc_3px": f,
                                                          "pixels": int}}}}}
@@ -23,7 +23,10 @@ from typing import Literal
 
 Better = Literal["lower", "higher"]
 
-IMAGE_WHO = ("model", "copy_exemplar")  # the output, and the baseline that copies the exemplar
+# The output, and its baselines: the finest level's warp of the exemplar (the generator's own input), and
+# the exemplar copied as the output.
+IMAGE_WHO = ("model", "finest_warp", "copy_exemplar")
+BASELINES = IMAGE_WHO[1:]
 CORRESPONDENCE_WHO = ("trained", "untrained", "identity")
 PAIRED: dict[str, Better] = {"l1": "lower", "psnr": "higher", "ssim": "higher", "lpips": "lower"}
 SET: dict[str, Better] = {"swd": "lower", "fid": "lower"}
@@ -32,7 +35,8 @@ LABELS = {"l1": "L1", "psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "swd": "
           "epe_px": "end-point error (px)", "acc_1px": "within 1 px", "acc_3px": "within 3 px"}
 
 # The columns `make compare` shows besides the ranking metric.
-SUMMARY_METRICS = ("swd.model", "fid.model", "paired.ssim.model", "paired.psnr.model", "paired.l1.model",
+SUMMARY_METRICS = ("swd.model", "swd.finest_warp", "fid.model", "paired.ssim.model", "paired.ssim.finest_warp",
+                   "paired.psnr.model", "paired.l1.model", "paired.l1.finest_warp",
                    "correspondence.epe_px.trained", "correspondence.acc_3px.trained")
 DEFAULT_RANKING = "swd.model"
 
