@@ -94,25 +94,28 @@ BASELINE_NAMES = {"finest_warp": "the finest warp", "copy_exemplar": "copying th
 HEADERS = {"model": "model", "finest_warp": "finest warp", "copy_exemplar": "copy exemplar"}
 
 
-def _image_metrics(metrics: dict) -> list[tuple[str, str, dict]]:
-    """(title, better, {who: value} or {"unavailable": reason}) for every image metric of metrics.json."""
+def _image_metrics(metrics: dict) -> list[tuple[str, str | None, str, dict]]:
+    """(title, headline, better, {who: value} or {"unavailable": reason}) for every image metric of
+    metrics.json; `headline` is the metric's short name where it is one the verdicts speak of (the paired
+    metrics and the SWD and FID averages), else None."""
     out = []
     for name, values in metrics.get("paired", {}).items():
-        out.append((f"{LABELS[name]} (self pairs)", PAIRED[name], values))
+        out.append((f"{LABELS[name]} (self pairs)", LABELS[name], PAIRED[name], values))
     swd = metrics.get("swd", {})
     if "unavailable" in swd:
-        out.append((f"{LABELS['swd']} (ref pairs)", SET["swd"], swd))
+        out.append((f"{LABELS['swd']} (ref pairs)", LABELS["swd"], SET["swd"], swd))
     elif swd:
-        out.append((f"{LABELS['swd']}, avg (ref pairs)", SET["swd"], swd))
+        out.append((f"{LABELS['swd']}, avg (ref pairs)", LABELS["swd"], SET["swd"], swd))
         for level in swd["per_level"]["model"]:
             if level != "avg":
-                out.append((f"{LABELS['swd']} at {level} px", SET["swd"],
+                out.append((f"{LABELS['swd']} at {level} px", None, SET["swd"],
                             {who: v[level] for who, v in swd["per_level"].items()}))
         if "shared_draws" in swd:
-            out.append((f"{LABELS['swd']}, avg, shared draws (not the protocol)", SET["swd"], swd["shared_draws"]))
+            out.append((f"{LABELS['swd']}, avg, shared draws (not the protocol)", None, SET["swd"],
+                        swd["shared_draws"]))
     fid = metrics.get("fid", {})
     if fid:
-        out.append((f"{LABELS['fid']} (ref pairs)", SET["fid"], fid))
+        out.append((f"{LABELS['fid']} (ref pairs)", LABELS["fid"], SET["fid"], fid))
     return out
 
 
@@ -120,7 +123,7 @@ def metrics_rows(metrics: dict) -> list[list[str]]:
     """[metric, better, one cell per IMAGE_WHO] rows for the table (escaped HTML); an unavailable metric shows
     its reason."""
     rows = []
-    for title, better, values in _image_metrics(metrics):
+    for title, _, better, values in _image_metrics(metrics):
         if "unavailable" in values:
             cells = ["unavailable", html.escape(values["unavailable"])] + [""] * (len(IMAGE_WHO) - 2)
         else:
@@ -132,26 +135,22 @@ def metrics_rows(metrics: dict) -> list[list[str]]:
 def verdicts(metrics: dict) -> list[str]:
     """One sentence per baseline: on which headline metrics (the paired ones, SWD and FID averages) the model
     beats it and on which it does not, with the values."""
-    headline = [(t, b, v) for t, b, v in _image_metrics(metrics)
-                if "unavailable" not in v and " at " not in t and "shared" not in t and "model" in v]
+    headline = [(name, better, values) for _, name, better, values in _image_metrics(metrics)
+                if name is not None and "model" in values]
     sentences = []
     for who in BASELINES:
         wins, losses = [], []
-        for title, better, values in headline:
+        for name, better, values in headline:
             if who not in values:
                 continue
-            name = title.split(" (")[0].split(",")[0]
             model, base = values["model"], values[who]
             beats = model < base if better == "lower" else model > base
             (wins if beats else losses).append(f"{name} ({_fmt(model)} against {_fmt(base)})")
-        if wins or losses:
-            parts = []
-            if wins:
-                parts.append("beats " + BASELINE_NAMES[who] + " on " + ", ".join(wins))
-            if losses:
-                parts.append(("but not on " if wins else "does not beat " + BASELINE_NAMES[who] + " on ")
-                             + ", ".join(losses))
-            sentences.append("The model " + "; ".join(parts) + ".")
+        if wins:
+            sentence = f"The model beats {BASELINE_NAMES[who]} on {', '.join(wins)}"
+            sentences.append(sentence + (f"; but not on {', '.join(losses)}." if losses else "."))
+        elif losses:
+            sentences.append(f"The model does not beat {BASELINE_NAMES[who]} on {', '.join(losses)}.")
     return sentences
 
 
