@@ -19,7 +19,7 @@ export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 export GLOO_SOCKET_IFNAME := lo
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: pipeline test venv dag bench flow mlflow-ui compare study
+.PHONY: pipeline test venv dag bench flow mlflow-ui compare study study-gan
 
 venv: $(STAMP)
 
@@ -42,6 +42,10 @@ test: $(STAMP)
 # The correspondence study (hours; resumable run by run): docs/studies/correspondence.md
 study: $(STAMP)
 	$(PY) -m stages.study
+
+# The generation study (about 2 hours; resumable run by run): docs/studies/generation.md
+study-gan: $(STAMP)
+	$(PY) -m stages.study --gan
 
 dag: $(STAMP)
 	$(VENV)/bin/dvc dag

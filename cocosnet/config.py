@@ -8,6 +8,7 @@ stages and `dvc exp run -S` all see one file.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
@@ -119,11 +120,14 @@ class CorrespondenceConfig:
     temperature: float = check(**POSITIVE)
     pose_geometry: float = check(0)  # initial weight of the pose-geometry matching features; 0 = off (official)
     geometry_sharpness: float = check(**POSITIVE)  # exp(-sharpness * limb distance) (cocosnet/models/pose_geometry.py)
+
+
 @dataclass(frozen=True)
 class GeneratorConfig:
     ngf: int = check(1, MAX_WIDTH)
     head_width: int = check(1, MAX_WIDTH)
     spade_hidden: int = check(1, MAX_WIDTH)
+    warp_skip: Literal["none", "blend", "residual"] = "none"  # how the output reuses the finest warp; none = official
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,12 @@ class LossWeights:
     fm: float = check(0)
     perceptual: float = check(0)
     contextual: float = check(0)
+    recon: float = check(0)  # not in the paper: L1 of the output against the target on self pairs
+
+
+# Keys added after model files were first written, with the value that reproduces the older code
+# (the official behaviour); `saved_config` fills them into a config read from such a file.
+ADDED_KEYS = {"model.generator.warp_skip": "none", "loss_weights.recon": 0.0}
 
 
 @dataclass(frozen=True)
@@ -319,6 +329,22 @@ def checked(section: Any, prefix: str) -> Any:
     """A config section built in code (say, from a weights file's shapes) put through the checks of
     params.yaml's keys; ConfigError names the key under `prefix`."""
     return _build(type(section), dataclasses.asdict(section), prefix)
+
+
+def saved_config(raw: dict) -> dict:
+    """A config recorded in a model file or checkpoint, with the keys added since (ADDED_KEYS) set to
+    the values its code had."""
+    out = copy.deepcopy(raw)
+    for key, value in ADDED_KEYS.items():
+        *parents, last = key.split(".")
+        node = out
+        for p in parents:
+            if not isinstance(node.get(p), dict):
+                break
+            node = node[p]
+        else:
+            node.setdefault(last, value)
+    return out
 
 
 def config_from_dict(raw: dict) -> Config:

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from cocosnet.config import Config, config_from_dict, short
+from cocosnet.config import Config, config_from_dict, saved_config, short
 from cocosnet.data.deepfashion import SquareFrame, load_image, preprocess_image
 from cocosnet.data.keypoints import AmbiguousPoseFile, photo_to_frame, read_keypoints, render_keypoints
 from cocosnet.data.pose import JOINT_NAMES, PoseFileError, drawn_joints
@@ -55,7 +55,7 @@ def load_model_file(path: str | Path, device: str = "cpu") -> tuple[CoCosNet, Co
         raise CheckpointError(f"{path}: a checkpoint without a model and its config; pass a model file "
                               "(models/train.pt, or one written by `cocosnet import-official`)")
     try:
-        cfg = config_from_dict(state["config"])
+        cfg = config_from_dict(saved_config(state["config"]))
         model = CoCosNet(cfg.model)
         model.load_state_dict(state["model"])
     except (ValueError, KeyError, RuntimeError) as exc:

@@ -1,9 +1,10 @@
-"""The correspondence study's bookkeeping: its runs, one result file per finished run, the summary.
+"""The studies' bookkeeping: their runs, one result file per finished run, the summaries.
 
-A run is a name and `-S` overrides of study/params.yaml (study/runs.yaml). `python -m stages.study`
-(`make study`) runs each as a DVC experiment and files the score under
-reports/study/runs/<name>.json; this module decides what is finished, and builds
-reports/study/correspondence.json and its plot from the files.
+A run is a name and `-S` overrides of study/params.yaml (study/runs.yaml for the correspondence
+study, study/gan_runs.yaml for the generation study). `python -m stages.study` (`make study`,
+`make study-gan`) runs each as a DVC experiment and files its result under
+reports/study/runs/<name>.json (reports/study/gan_runs/ for the generation study); this module
+decides what is finished, and builds reports/study/correspondence.json and generation.json.
 """
 
 from __future__ import annotations
@@ -117,4 +118,44 @@ def targets(runs: dict) -> dict:
         out["gru_gain_at_least_20pct"] = out["gru_gain"] >= 0.2
     if GRU_OFF_AT_EVAL in epe:  # the same weights: what the GRU's update itself adds
         out["gru_gain_at_eval"] = 1 - epe["full"] / epe[GRU_OFF_AT_EVAL]
+    return out
+
+
+CANDIDATES = ("model", "finest_warp", "copy_exemplar")
+
+
+def gan_run_result(run: StudyRun, metrics: dict, *, steps: int, crop_size: int, minutes: float) -> dict:
+    """One generation-study run from the evaluate stage's metrics.json: paired metrics on the val self
+    pairs and SWD on the val ref pairs, per candidate."""
+    paired = {m: {who: metrics["paired"][m][who] for who in CANDIDATES} for m in ("l1", "psnr", "ssim")}
+    return {"name": run.name, "overrides": run.overrides, "note": run.note, "minutes": round(minutes, 1),
+            "steps": steps, "crop_size": crop_size, "pairs": metrics["pairs"], "ref_pairs": metrics["ref_pairs"],
+            "metrics": {**paired, "swd": {who: metrics["swd"][who] for who in CANDIDATES}}}
+
+
+def gan_targets(metrics: dict) -> dict:
+    """The generation study's targets: SSIM at least 0.03 above the finest warp's, L1 at most 0.85 of
+    the warp's (val self pairs), SWD below the warp's (val ref pairs)."""
+    ssim_gain = metrics["ssim"]["model"] - metrics["ssim"]["finest_warp"]
+    l1_ratio = metrics["l1"]["model"] / metrics["l1"]["finest_warp"]
+    swd_ratio = metrics["swd"]["model"] / metrics["swd"]["finest_warp"]
+    return {"ssim_gain": ssim_gain, "ssim_gain_at_least_0.03": ssim_gain >= 0.03, "l1_ratio": l1_ratio,
+            "l1_ratio_at_most_0.85": l1_ratio <= 0.85, "swd_ratio": swd_ratio, "swd_below_warp": swd_ratio < 1}
+
+
+def gan_summary(runs: list[StudyRun], folder: Path, *, profile: str) -> dict:
+    """reports/study/generation.json from the finished runs' files; targets from the `full` run."""
+    done = {r.name: json.loads(result_path(folder, r).read_text(encoding="utf-8"))
+            for r in runs if is_finished(folder, r)}
+    out: dict = {"profile": profile, "crop_size": None, "minutes": {}, "steps": {}, "runs": {}, "overrides": {},
+                 "notes": {}, "missing": [r.name for r in runs if r.name not in done]}
+    for name, res in done.items():
+        out["crop_size"], out["pairs"], out["ref_pairs"] = res["crop_size"], res["pairs"], res["ref_pairs"]
+        out["minutes"][name] = res["minutes"]
+        out["steps"][name] = res["steps"]
+        out["overrides"][name] = res["overrides"]
+        out["notes"][name] = res["note"]
+        out["runs"][name] = res["metrics"]
+    if "full" in done:
+        out["targets"] = gan_targets(done["full"]["metrics"])
     return out

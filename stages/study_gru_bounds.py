@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from cocosnet.config import config_from_dict, load_config
+from cocosnet.config import config_from_dict, load_config, saved_config
 from cocosnet.evaluate import eval_pairs
 from cocosnet.io import atomic_write_json
 from cocosnet.models.cocosnet import CoCosNet
@@ -38,7 +38,7 @@ def main() -> None:
     for item in args.model:
         name, _, path = item.partition("=")
         state = load_checkpoint(Path(path))
-        cfg = config_from_dict(state["config"])  # each model with the settings it was trained with
+        cfg = config_from_dict(saved_config(state["config"]))  # each model with the settings it was trained with
         model = CoCosNet.from_config(cfg)
         model.load_state_dict(state["model"])
         matchers = {name: model.matcher}

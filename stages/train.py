@@ -17,13 +17,16 @@ from stages.training import add_resume_flag, train_stage
 
 
 def main(cfg, args) -> None:
-    train_stage(cfg, TRAIN, RunPaths(ckpt_dir=Path("checkpoints/train"), out_model=Path("models/train.pt"),
-                                     reports=Path("reports/train"), init=Path(args.init)),
+    train_stage(cfg, TRAIN, RunPaths(ckpt_dir=Path(args.checkpoints), out_model=Path(args.out),
+                                     reports=Path(args.reports), init=Path(args.init)),
                 across_code_change=args.resume_across_code_change)
 
 
 def add_args(parser) -> None:
     parser.add_argument("--init", default="models/pretrain.pt", help="the model file training starts from")
+    parser.add_argument("--checkpoints", default="checkpoints/train", help="checkpoint folder")
+    parser.add_argument("--out", default="models/train.pt", help="the model file written at the end")
+    parser.add_argument("--reports", default="reports/train", help="losses.tsv, losses.png, samples/")
     add_resume_flag(parser)
 
 

@@ -101,20 +101,32 @@ FAKE_DVC = textwrap.dedent("""\
     pathlib.Path("study/params.yaml").write_text("changed: true\\n")  # dvc exp run edits the params file
     log = pathlib.Path("calls.txt")
     log.write_text(log.read_text() + " ".join(sets) + "\\n" if log.exists() else " ".join(sets) + "\\n")
+    targets = pathlib.Path("targets.txt")
+    targets.write_text((targets.read_text() if targets.exists() else "") + args[2] + "\\n")
     if any("fail" in s for s in sets):
         sys.exit(3)
+    if args[2].endswith(":evaluate"):
+        who = {"model": 0.02, "finest_warp": 0.03, "copy_exemplar": 0.05}
+        paired = {"l1": who, "psnr": {k: 30 - 100 * v for k, v in who.items()},
+                  "ssim": {k: 1 - 5 * v for k, v in who.items()}, "lpips": {"unavailable": "no"}}
+        reports = pathlib.Path("study/reports")
+        (reports / "eval").mkdir(parents=True, exist_ok=True)
+        (reports / "metrics.json").write_text(json.dumps({"pairs": 4, "ref_pairs": 4, "paired": paired,
+            "swd": {k: 1000 * v for k, v in who.items()}}))
+        (reports / "eval/samples.png").write_bytes(b"grid of " + " ".join(sets).encode())
+        sys.exit(0)
     per = {str(i): {"epe_px": 1.0 + i, "acc_1px": 0.5, "acc_3px": 0.9, "pixels": 5} for i in range(4)}
     pathlib.Path("study/score.json").write_text(json.dumps({"steps": 7, "pairs": 3, "crop_size": 128,
         "per_level": {"trained": per, "identity": per, "untrained": per}}))
 """)
 
 
-def run_driver(tmp_path, runs_yaml, *args):
+def run_driver(tmp_path, runs_yaml, *args, runs_file="runs.yaml"):
     import subprocess
 
     (tmp_path / "study").mkdir(exist_ok=True)
-    (tmp_path / "study/runs.yaml").write_text(runs_yaml)
-    (tmp_path / "study/params.yaml").write_text("profile: study\n")
+    (tmp_path / f"study/{runs_file}").write_text(runs_yaml)
+    (tmp_path / "study/params.yaml").write_text("profile: study\ndata: {crop_size: 128}\ntrain: {steps: 40}\n")
     (tmp_path / "dvc.py").write_text(FAKE_DVC)
     fake = tmp_path / "dvc"
     fake.write_text(f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'dvc.py'} \"$@\"\n")
@@ -130,7 +142,8 @@ def test_the_driver_runs_each_run_once_keeps_results_and_restores_params(tmp_pat
     assert done.returncode == 0, done.stderr
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert calls == ["", "study/params.yaml:model.correspondence.gru=[false,false,false]"]
-    assert (tmp_path / "study/params.yaml").read_text() == "profile: study\n"
+    assert (tmp_path / "study/params.yaml").read_text().startswith("profile: study\n")
+    assert (tmp_path / "targets.txt").read_text().splitlines() == ["study/dvc.yaml:score"] * 2
     out = json.loads((tmp_path / "reports/study/correspondence.json").read_text())
     assert set(out["runs"]) == {"full", "no_gru", "identity", "untrained"} and out["missing"] == []
     assert (tmp_path / "reports/study/correspondence.png").stat().st_size > 0
@@ -146,5 +159,22 @@ def test_a_failed_run_keeps_the_finished_ones_and_stops(tmp_path):
     assert done.returncode != 0
     assert (tmp_path / "reports/study/runs/full.json").exists()
     assert not (tmp_path / "reports/study/runs/bad.json").exists()
-    assert (tmp_path / "study/params.yaml").read_text() == "profile: study\n"
+    assert (tmp_path / "study/params.yaml").read_text().startswith("profile: study\n")
     assert yaml.safe_load((tmp_path / "reports/study/correspondence.json").read_text())["missing"] == ["bad"]
+
+
+def test_the_generation_study_trains_and_evaluates_each_run_and_files_its_metrics_and_the_full_grid(tmp_path):
+    runs = "runs:\n  full: {}\n  no_recon: {set: {loss_weights.recon: 0.0, train.steps: 20}}\n"
+    done = run_driver(tmp_path, runs, "--gan", runs_file="gan_runs.yaml")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "targets.txt").read_text().splitlines() == ["study/dvc.yaml:evaluate"] * 2
+    out = json.loads((tmp_path / "reports/study/generation.json").read_text())
+    assert out["missing"] == [] and out["crop_size"] == 128 and out["steps"] == {"full": 40, "no_recon": 20}
+    assert out["runs"]["full"]["l1"] == {"model": 0.02, "finest_warp": 0.03, "copy_exemplar": 0.05}
+    assert set(out["runs"]["full"]) == {"l1", "psnr", "ssim", "swd"}
+    t = out["targets"]
+    assert t["l1_ratio"] == pytest.approx(2 / 3) and t["l1_ratio_at_most_0.85"]
+    assert t["ssim_gain"] == pytest.approx(0.05) and t["swd_below_warp"]
+    grid = (tmp_path / "reports/study/generation_samples.png").read_bytes()
+    assert grid == b"grid of "  # the full run's grid, not the ablation's
+    assert not (tmp_path / "reports/study/correspondence.json").exists()

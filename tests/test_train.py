@@ -174,6 +174,25 @@ def test_a_model_file_built_from_another_model_config_is_refused_by_name(data, t
         load_model(tmp_path / "model.pt", wider)
 
 
+def test_a_pretrain_model_starts_a_gan_with_any_generator_but_only_its_own_matcher(data, tmp_path):
+    """The pretrain stage trains the matcher alone: its inputs and its model file do not depend on the
+    generator's settings, so a generator change reuses it; a matcher change is refused by name."""
+    raw, processed = data
+    cfg = tiny_training_config(raw, processed)
+    cfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, steps=1),
+                              train=dataclasses.replace(cfg.train, steps=1))
+    train(cfg, "pretrain", processed, tmp_path / "pre")
+    assert not any(k.startswith("model.generator") for k in load_checkpoint(tmp_path / "pre" / "model.pt")["inputs"]["params"])
+    blend = dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, generator=dataclasses.replace(cfg.model.generator, warp_skip="blend")))
+    _, model = train(blend, "train", processed, tmp_path / "gan", init=tmp_path / "pre" / "model.pt")
+    assert model.generator.to_rgb.weight.shape[0] == 4
+    wider = dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, align=dataclasses.replace(cfg.model.align, widths=(16, 16, 16, 8))))
+    with pytest.raises(CheckpointError, match=r"model\.align\.widths"):
+        train(wider, "train", processed, tmp_path / "gan2", init=tmp_path / "pre" / "model.pt")
+
+
 def test_ddp_on_two_cpu_processes_matches_one_process(data, tmp_path):
     raw, processed = data
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

@@ -13,6 +13,7 @@ from cocosnet.losses.terms import (
     gan_generator_loss,
     geometry_warp_loss,
     perceptual_loss,
+    reconstruction_loss,
     vgg_contextual_loss,
     vgg_feature_matching_loss,
     warp_loss,
@@ -48,6 +49,7 @@ def generator_terms(out: CoCosNetOutput, *, label: Tensor, real: Tensor, exempla
     terms["fm"] = vgg_feature_matching_loss(fake_vgg, real_vgg, self_ref)
     terms["perceptual"] = perceptual_loss(fake_vgg, real_vgg)
     terms["contextual"] = vgg_contextual_loss(fake_vgg, exemplar_vgg)
+    terms["recon"] = reconstruction_loss(out.image, real, self_ref)
     return terms
 
 

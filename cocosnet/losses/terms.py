@@ -15,7 +15,7 @@ from cocosnet.losses.contextual import contextual_loss
 from cocosnet.models.blocks import resize_to
 
 LOSS_KEYS = ("feat_align", "warp_self", "warp_cycle", "warp_geometry", "gan", "gan_feat", "fm", "perceptual",
-             "contextual")
+             "contextual", "recon")
 FM_LAYERS = (("relu1_2", 1 / 32), ("relu2_2", 1 / 16), ("relu3_2", 1 / 8), ("relu4_2", 1 / 4), ("relu5_2", 1.0))
 
 
@@ -82,6 +82,12 @@ def vgg_contextual_loss(fake: dict[str, Tensor], exemplar: dict[str, Tensor], *,
     return (8 * contextual_loss(fake["relu5_2"], exemplar["relu5_2"].detach(), h=h)
             + 4 * contextual_loss(fake["relu4_2"], exemplar["relu4_2"].detach(), h=h)
             + 2 * contextual_loss(F.avg_pool2d(fake["relu3_2"], 2), F.avg_pool2d(exemplar["relu3_2"].detach(), 2), h=h))
+
+
+def reconstruction_loss(image: Tensor, real: Tensor, self_ref: Tensor) -> Tensor:
+    """Per-sample-weighted L1 between the output and the target over the self pairs (not in the paper:
+    the official objective reaches the target's pixels only through VGG features and D)."""
+    return _weighted_l1(image, real, sample_weights(self_ref))
 
 
 def weighted_total(losses: dict[str, Tensor], weights: dict[str, float]) -> Tensor:

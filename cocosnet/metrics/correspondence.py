@@ -37,6 +37,32 @@ def gt_in_crop(root: Path, target: str, exemplar: str, *, load_size: int, crop: 
     return gt.astype(np.float32), ok
 
 
+def person_in_crop(root: Path, target: str, *, load_size: int, crop: int,
+                   target_offset: tuple[int, int]) -> np.ndarray:
+    """(crop, crop) bool: the target crop's pixels on the body (the synthetic surface's part map)."""
+    st = load_surface(surface_path(root, target))
+    frame = SquareFrame(st.part.shape[1], st.part.shape[0])
+    ys, xs = np.mgrid[0:crop, 0:crop]
+    work = np.stack([xs + target_offset[0], ys + target_offset[1]], axis=-1).astype(np.float64)
+    photo = np.rint(frame.from_frame(work, load_size)).astype(int)
+    inside = ((photo[..., 0] >= 0) & (photo[..., 0] < st.part.shape[1])
+              & (photo[..., 1] >= 0) & (photo[..., 1] < st.part.shape[0]))
+    px = np.clip(photo[..., 0], 0, st.part.shape[1] - 1)
+    py = np.clip(photo[..., 1], 0, st.part.shape[0] - 1)
+    return inside & (st.part[py, px] > 0)
+
+
+def batch_regions(root: Path, table, batch: dict, *, load_size: int, crop: int) -> dict[str, Tensor]:
+    """Masks (B, crop, crop) of a PairDataset batch: `background`, `matched` (body pixels with a true
+    match in the exemplar crop) and `unmatched` (body pixels without one: hidden or cropped away)."""
+    _, valid = batch_gt(root, table, batch, load_size=load_size, crop=crop)
+    person = torch.from_numpy(np.stack([
+        person_in_crop(root, table.iloc[int(j)]["target"], load_size=load_size, crop=crop,
+                       target_offset=tuple(t.tolist()))
+        for j, t in zip(batch["index"], batch["target_crop"])]))
+    return {"background": ~person, "matched": person & valid, "unmatched": person & ~valid}
+
+
 def level_gt(gt: Tensor, valid: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
     """GT at a coarser level: sample at the level's pixel centres, express in level pixels.
 

@@ -82,7 +82,7 @@ class CoCosNet(nn.Module):
         self.matcher = Matcher(label_nc, cfg.align, cfg.correspondence)
         g = cfg.generator
         self.generator = SPADEGenerator(3 * len(cfg.align.widths) + label_nc, ngf=g.ngf, head_width=g.head_width,
-                                        spade_hidden=g.spade_hidden)
+                                        spade_hidden=g.spade_hidden, warp_skip=g.warp_skip)
 
     @classmethod
     def from_config(cls, cfg: Config) -> CoCosNet:
@@ -98,10 +98,12 @@ class CoCosNet(nn.Module):
 
     def generate(self, warps: list[Tensor], label: Tensor) -> Tensor:
         """warps per level, coarse to fine, (B, 3, h_l, w_l); label (B, 20, H, W) -> image (B, 3, H, W).
-        The condition is every warp nearest-resized to (H, W), then the label, as the official netG."""
+        The condition is every warp nearest-resized to (H, W), then the label, as the official netG; a
+        generator with a warp skip also gets the finest warp, resized bilinearly like the `finest_warp` baseline."""
         size = tuple(label.shape[-2:])
         cond = torch.cat([resize_to(w, size, "nearest") for w in warps] + [label], dim=1)
-        return self.generator(cond)
+        finest = resize_to(warps[-1], size, "bilinear") if self.generator.warp_skip != "none" else None
+        return self.generator(cond, finest)
 
 
 def build_discriminator(cfg: Config) -> MultiscaleDiscriminator:

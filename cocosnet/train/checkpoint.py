@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from cocosnet.config import Config, flatten
+from cocosnet.config import Config, flatten, saved_config
 from cocosnet.errors import CheckpointError, DataError
 from cocosnet.io import atomic_write
 from cocosnet.limits import regular_file
@@ -143,8 +143,8 @@ def newest_good(directory: Path) -> tuple[Path, dict] | None:
 
 
 def config_differences(saved: dict, current: dict, sections: tuple[str, ...]) -> list[str]:
-    """Flattened keys under `sections` whose values differ."""
-    keep = lambda k: k.split(".")[0] in sections  # noqa: E731
+    """Flattened keys under `sections` (top-level or dotted, like `model.align`) whose values differ."""
+    keep = lambda k: any(k == s or k.startswith(s + ".") for s in sections)  # noqa: E731
     a = {k: v for k, v in flatten(saved).items() if keep(k)}
     b = {k: v for k, v in flatten(current).items() if keep(k)}
     norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731 -- tuples come back as lists
@@ -152,9 +152,10 @@ def config_differences(saved: dict, current: dict, sections: tuple[str, ...]) ->
 
 
 def check_compatible(state: dict, current: dict, sections: tuple[str, ...], source: Path) -> None:
-    diff = config_differences(state["config"], current, sections)
+    saved = saved_config(state["config"])
+    diff = config_differences(saved, current, sections)
     if diff:
-        shown = ", ".join(f"{k} ({flatten(state['config']).get(k)!r} -> {flatten(current).get(k)!r})"
+        shown = ", ".join(f"{k} ({flatten(saved).get(k)!r} -> {flatten(current).get(k)!r})"
                           for k in diff[:8])
         raise CheckpointError(f"{source}: built from an incompatible config; keys that differ: {shown}")
 
@@ -172,3 +173,14 @@ def load_model(path: Path, cfg: Config, *, sections: tuple[str, ...] = ("model",
     model = CoCosNet.from_config(cfg)
     model.load_state_dict(state["model"])
     return model, state
+
+
+MATCHER_SECTIONS = ("model.align", "model.correspondence")  # what a pretrain model's weights depend on
+
+
+def load_matcher(path: Path, cfg: Config) -> dict:
+    """The matcher's state dict from a model file whose matcher config equals `cfg`'s (its generator
+    may differ: a pretrain model's is untrained and unused)."""
+    state = load_checkpoint(path)
+    check_compatible(state, asdict(cfg), MATCHER_SECTIONS, path)
+    return {k.removeprefix("matcher."): v for k, v in state["model"].items() if k.startswith("matcher.")}

@@ -41,7 +41,9 @@ class StageSpec:
     params: tuple[str, ...]
 
 
-PRETRAIN = StageSpec("pretrain", ("data.load_size", "data.crop_size", "model", "loss_weights.feat_align",
+# The pretrain stage trains the matcher alone, so the generator's and discriminator's settings are not its inputs.
+PRETRAIN = StageSpec("pretrain", ("data.load_size", "data.crop_size", "model.align", "model.correspondence",
+                                  "loss_weights.feat_align",
                                   "loss_weights.warp_self", "loss_weights.warp_cycle", "loss_weights.warp_geometry",
                                   "pretrain"))
 TRAIN = StageSpec("train", ("data.load_size", "data.crop_size", "model", "loss_weights", "vgg", "train"))

@@ -31,6 +31,7 @@ from cocosnet.train.checkpoint import (
     checkpoint_path,
     list_checkpoints,
     load_checkpoint,
+    load_matcher,
     load_model,
     prune,
     save_checkpoint,
@@ -94,10 +95,11 @@ def resume(trainer: Trainer, cfg: Config, spec: StageSpec, inputs: dict, paths: 
             changes.append({"step": int(state["step"]), "files": changed})
         return int(state["step"]), list(state["history"]), dict(state.get("samples", {})), changes
     if paths.init is not None:
-        initial, init_state = load_model(paths.init, cfg)
-        trainer.model.matcher.load_state_dict(initial.matcher.state_dict())
-        if init_state.get("stage") != "pretrain":  # a trained or imported model: its generator too
-            trainer.model.generator.load_state_dict(initial.generator.state_dict())
+        if load_checkpoint(paths.init).get("stage") == "pretrain":  # the matcher only: its generator is untrained
+            trainer.model.matcher.load_state_dict(load_matcher(paths.init, cfg))
+        else:  # a trained or imported model: the matcher and the generator
+            initial, _ = load_model(paths.init, cfg)
+            trainer.model.load_state_dict(initial.state_dict())
         if isinstance(trainer, GanTrainer):
             trainer.reset_ema()
     return 0, [], {}, []
