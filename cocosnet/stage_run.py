@@ -17,6 +17,16 @@ LOCKS = Path(".locks")
 _WRAPPED = re.compile(r"^[\w.]+(?:Error|Locked): (.*)$", re.MULTILINE)
 
 
+def lock_name(stage: str, params: str | Path) -> str:
+    """The lock of one stage of one pipeline: a params file other than ./params.yaml (the study's
+    study/params.yaml) runs the same stage on other outputs, so it takes a lock of its own."""
+    params = Path(params)
+    if params.resolve() == Path("params.yaml").resolve():
+        return stage
+    tag = re.sub(r"[^\w-]+", "_", os.path.relpath(params.with_suffix(""))).strip("_")
+    return f"{stage}@{tag}"
+
+
 @contextmanager
 def stage_lock(name: str, folder: Path = LOCKS) -> Iterator[None]:
     """Hold `<folder>/<name>.lock` for the run; a second run of the same stage is refused at once.

@@ -13,7 +13,7 @@ from pathlib import Path
 from cocosnet.config import Config, load_config
 from cocosnet.errors import CocosnetError
 from cocosnet.io import storage_error
-from cocosnet.stage_run import one_line, stage_lock
+from cocosnet.stage_run import lock_name, one_line, stage_lock
 
 DEBUG_ENV = "COCOSNET_DEBUG"
 
@@ -21,7 +21,8 @@ DEBUG_ENV = "COCOSNET_DEBUG"
 def run_stage(description: str, main: Callable[[Config, argparse.Namespace], None],
               add_args: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
     """Parse `--params` (and stage flags), load the config, take the stage's lock (named after the
-    script: `python -m stages.evaluate` holds `.locks/evaluate.lock`), run `main`.
+    script: `python -m stages.evaluate` holds `.locks/evaluate.lock`; with `--params study/params.yaml`,
+    `.locks/evaluate@study_params.lock`), run `main`.
 
     Errors a user can act on (bad params or data, a corrupt file, a full disk, a held lock) end
     the process with one line naming the file or key and exit status 2; `--debug` or
@@ -37,7 +38,7 @@ def run_stage(description: str, main: Callable[[Config, argparse.Namespace], Non
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     try:
         cfg = load_config(args.params)
-        with stage_lock(Path(sys.argv[0]).stem):
+        with stage_lock(lock_name(Path(sys.argv[0]).stem, args.params)):
             main(cfg, args)
     except (CocosnetError, OSError) as exc:
         if debug:

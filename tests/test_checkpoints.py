@@ -17,7 +17,7 @@ import torch
 from cocosnet.data.dataset import PairDataset
 from cocosnet.data.processing import image_file, label_file
 from cocosnet.errors import CheckpointError, DataError, StageLocked, StorageError
-from cocosnet.stage_run import one_line, stage_lock
+from cocosnet.stage_run import lock_name, one_line, stage_lock
 from cocosnet.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from cocosnet.train.inputs import STAGES, behaviour_sha256
 from cocosnet.train.loop import RunPaths, run_training
@@ -172,6 +172,14 @@ def test_a_truncated_cache_file_is_named_with_what_to_do(data, tmp_path, kind):
     stage = "prepare" if kind == "image" else "render_keypoints"
     with pytest.raises(DataError, match=rf"{path.name}: corrupt or truncated cached {kind}.*--single-item {stage}"):
         dataset[0]
+
+
+def test_the_same_stage_of_another_params_file_takes_another_lock(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert lock_name("pretrain", "params.yaml") == lock_name("pretrain", tmp_path / "params.yaml") == "pretrain"
+    assert lock_name("pretrain", "study/params.yaml") == "pretrain@study_params"
+    assert lock_name("pretrain", tmp_path / "study/params.yaml") == "pretrain@study_params"
+    assert "/" not in lock_name("pretrain", "/elsewhere/my params.yaml")
 
 
 def test_a_second_run_of_a_stage_is_refused_while_the_first_holds_the_lock(tmp_path):
