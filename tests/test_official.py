@@ -145,6 +145,9 @@ def test_a_config_that_disagrees_with_the_shapes_is_refused_by_key():
     geometry = dataclasses.replace(found, correspondence=dataclasses.replace(found.correspondence, pose_geometry=1.0))
     with pytest.raises(WeightsError, match=r"model\.correspondence\.pose_geometry"):
         load_official(CORR, GEN, config=geometry)
+    skip = dataclasses.replace(found, generator=dataclasses.replace(found.generator, warp_skip="residual"))
+    with pytest.raises(WeightsError, match=r"model\.generator\.warp_skip: the config says residual"):
+        load_official(CORR, GEN, config=skip)
     ngf = dataclasses.replace(found, generator=dataclasses.replace(found.generator, ngf=16))
     with pytest.raises(WeightsError, match=r"model\.generator\.ngf: the config says 16, the weights have 8"):
         load_official(CORR, GEN, config=ngf)
@@ -156,6 +159,7 @@ def test_import_official_round_trips_through_the_model_file(official, io, tmp_pa
          "--params", str(ROOT / "params.yaml")])
     said = capsys.readouterr().out
     assert "model.align.widths=[32,32,16,8]" in said and "model.correspondence.pose_geometry=0.0" in said
+    assert "model.generator.warp_skip=none" in said
     cfg = dataclasses.replace(load_config(ROOT / "params.yaml"), model=official.config)
     loaded, state = load_model(out, cfg)
     assert state["stage"] == "official"

@@ -159,6 +159,9 @@ def _check_config(given: ModelConfig, found: ModelConfig, corr_name: str, gen_na
         problems.append("model.correspondence.pose_geometry: the config says "
                         f"{given.correspondence.pose_geometry}, the official weights were trained without pose "
                         "geometry (set it to 0.0)")
+    if given.generator.warp_skip != "none":
+        problems.append(f"model.generator.warp_skip: the config says {given.generator.warp_skip}, the official "
+                        "generator draws the image itself (set it to none)")
     if len(given.correspondence.num_candidates) != len(found.align.widths) - 1:
         problems.append(f"model.correspondence: the config lists {len(given.correspondence.num_candidates)} "
                         f"PatchMatch levels, the weights have {len(found.align.widths) - 1}")
