@@ -53,16 +53,14 @@ def _parts(trainer, b: dict, device: str, amp: str) -> dict:
         vgg_feature_matching_loss,
         weighted_total,
     )
-    from cocosnet.models.blocks import resize_to
     from cocosnet.train.trainer import sample_generators
 
     model, disc, vgg, weights = trainer.model, trainer.disc, trainer.vgg, trainer.weights
     gens = sample_generators(0, 1, b["index"], torch.device(device))
     with torch.no_grad(), autocast(device, amp):
         match = model.matcher(b["label"], b["exemplar"], b["exemplar_label"], generator=gens)
-        size = tuple(b["label"].shape[-2:])
-        cond = torch.cat([resize_to(w, size, "nearest") for w in match.correspondence.warps] + [b["label"]], 1)
-        fake = model.generator(cond)
+        warps = [w.detach() for w in match.correspondence.warps]
+        fake = model.generate(warps, b["label"])
 
     def matcher():
         with autocast(device, amp):
@@ -74,7 +72,7 @@ def _parts(trainer, b: dict, device: str, amp: str) -> dict:
 
     def generator():
         with autocast(device, amp):
-            loss = model.generator(cond).float().abs().mean()
+            loss = model.generate(warps, b["label"]).float().abs().mean()
         loss.backward()
 
     def vgg_part():

@@ -90,6 +90,16 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) else html.escape(str(value))
 
 
+def _fmt_pair(a: float, b: float) -> tuple[str, str]:
+    """Two values with enough significant digits to tell them apart (up to 8): a verdict must
+    never read "24.59 against 24.59"."""
+    for digits in range(4, 9):
+        x, y = f"{a:.{digits}g}", f"{b:.{digits}g}"
+        if x != y:
+            break
+    return x, y
+
+
 BASELINE_NAMES = {"finest_warp": "the finest warp", "copy_exemplar": "copying the exemplar"}
 HEADERS = {"model": "model", "finest_warp": "finest warp", "copy_exemplar": "copy exemplar"}
 
@@ -145,7 +155,8 @@ def verdicts(metrics: dict) -> list[str]:
                 continue
             model, base = values["model"], values[who]
             beats = model < base if better == "lower" else model > base
-            (wins if beats else losses).append(f"{name} ({_fmt(model)} against {_fmt(base)})")
+            shown_model, shown_base = _fmt_pair(model, base)
+            (wins if beats else losses).append(f"{name} ({shown_model} against {shown_base})")
         if wins:
             sentence = f"The model beats {BASELINE_NAMES[who]} on {', '.join(wins)}"
             sentences.append(sentence + (f"; but not on {', '.join(losses)}." if losses else "."))

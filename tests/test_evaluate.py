@@ -231,6 +231,8 @@ def test_the_report_says_which_baseline_the_model_beats_on_which_metric():
                     "but not on SWD x1e3 (70 against 18).")
     metrics["paired"]["ssim"]["model"] = 0.6
     assert verdicts(metrics)[0].startswith("The model does not beat the finest warp on L1")
+    metrics["paired"]["l1"] = {"model": 24.594320, "finest_warp": 24.589919}  # equal to 4 digits: shown with 5
+    assert "L1 (24.594 against 24.59)" in verdicts(metrics)[0]
 
 
 def test_error_maps_are_black_where_equal_and_white_from_a_quarter_of_the_range():
