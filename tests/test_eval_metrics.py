@@ -8,6 +8,7 @@ from cocosnet.metrics.correspondence import (
     gt_in_crop,
     level_errors,
     level_gt,
+    person_in_crop,
     refinement_bounds,
     summarise,
 )
@@ -41,6 +42,15 @@ def test_ground_truth_in_the_crop_maps_a_view_onto_itself(tiny_raw):
     shifted, v2 = gt_in_crop(tiny_raw, rel, rel, load_size=72, crop=64, target_offset=(4, 4), exemplar_offset=(0, 4))
     both = valid & v2
     assert np.allclose(shifted[both][:, 0] - gt[both][:, 0], 4.0, atol=1e-4)
+
+
+def test_a_views_matched_pixels_are_on_its_body_and_the_body_is_a_part_of_the_crop(tiny_raw):
+    rel = read_split_list(tiny_raw / "train.txt")[0].paths[0]
+    _, valid = gt_in_crop(tiny_raw, rel, rel, load_size=72, crop=64, target_offset=(4, 4), exemplar_offset=(4, 4))
+    person = person_in_crop(tiny_raw, rel, load_size=72, crop=64, target_offset=(4, 4))
+    assert person.shape == (64, 64) and 100 < person.sum() < 64 * 64 * 0.9
+    assert not (valid & ~person).any()  # a true match lies on the body
+    assert (valid & person).sum() >= 0.9 * person.sum()  # a view matches itself almost everywhere
 
 
 def test_level_gt_and_errors():

@@ -17,20 +17,25 @@ from cocosnet.data.deepfashion import SquareFrame
 from cocosnet.data.synthetic import correspondence, load_surface, surface_path
 
 
+def _crop_in_photo(shape: tuple[int, int], *, load_size: int, crop: int,
+                   offset: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every pixel of a crop (at `offset` in the load_size frame) of a photo of `shape` (H, W): the
+    photo pixel it shows, (px, py) clipped into the photo, and whether it lies inside the photo."""
+    height, width = shape
+    ys, xs = np.mgrid[0:crop, 0:crop]
+    work = np.stack([xs + offset[0], ys + offset[1]], axis=-1).astype(np.float64)
+    photo = np.rint(SquareFrame(width, height).from_frame(work, load_size)).astype(int)
+    inside = (photo[..., 0] >= 0) & (photo[..., 0] < width) & (photo[..., 1] >= 0) & (photo[..., 1] < height)
+    return np.clip(photo[..., 0], 0, width - 1), np.clip(photo[..., 1], 0, height - 1), inside
+
+
 def gt_in_crop(root: Path, target: str, exemplar: str, *, load_size: int, crop: int,
                target_offset: tuple[int, int], exemplar_offset: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """GT for every pixel of the target crop: exemplar-crop (x, y) (crop, crop, 2) and validity (crop, crop)."""
     st, se = load_surface(surface_path(root, target)), load_surface(surface_path(root, exemplar))
     coords, valid = correspondence(st, se)
-    t_frame = SquareFrame(st.part.shape[1], st.part.shape[0])
     e_frame = SquareFrame(se.part.shape[1], se.part.shape[0])
-    ys, xs = np.mgrid[0:crop, 0:crop]
-    work = np.stack([xs + target_offset[0], ys + target_offset[1]], axis=-1).astype(np.float64)
-    photo = np.rint(t_frame.from_frame(work, load_size)).astype(int)
-    inside = ((photo[..., 0] >= 0) & (photo[..., 0] < st.part.shape[1])
-              & (photo[..., 1] >= 0) & (photo[..., 1] < st.part.shape[0]))
-    px = np.clip(photo[..., 0], 0, st.part.shape[1] - 1)
-    py = np.clip(photo[..., 1], 0, st.part.shape[0] - 1)
+    px, py, inside = _crop_in_photo(st.part.shape, load_size=load_size, crop=crop, offset=target_offset)
     ok = inside & valid[py, px]
     gt = e_frame.to_frame(coords[py, px].astype(np.float64), load_size) - np.asarray(exemplar_offset)
     ok &= (gt[..., 0] >= 0) & (gt[..., 0] <= crop - 1) & (gt[..., 1] >= 0) & (gt[..., 1] <= crop - 1)
@@ -41,14 +46,7 @@ def person_in_crop(root: Path, target: str, *, load_size: int, crop: int,
                    target_offset: tuple[int, int]) -> np.ndarray:
     """(crop, crop) bool: the target crop's pixels on the body (the synthetic surface's part map)."""
     st = load_surface(surface_path(root, target))
-    frame = SquareFrame(st.part.shape[1], st.part.shape[0])
-    ys, xs = np.mgrid[0:crop, 0:crop]
-    work = np.stack([xs + target_offset[0], ys + target_offset[1]], axis=-1).astype(np.float64)
-    photo = np.rint(frame.from_frame(work, load_size)).astype(int)
-    inside = ((photo[..., 0] >= 0) & (photo[..., 0] < st.part.shape[1])
-              & (photo[..., 1] >= 0) & (photo[..., 1] < st.part.shape[0]))
-    px = np.clip(photo[..., 0], 0, st.part.shape[1] - 1)
-    py = np.clip(photo[..., 1], 0, st.part.shape[0] - 1)
+    px, py, inside = _crop_in_photo(st.part.shape, load_size=load_size, crop=crop, offset=target_offset)
     return inside & (st.part[py, px] > 0)
 
 
