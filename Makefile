@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-KERNEL_FREE_TESTS := tests/test_kernels.py tests/test_patchmatch.py tests/test_knobs.py tests/test_models.py tests/test_memory.py tests/test_pose_geometry.py
+KERNEL_FREE_TESTS := tests/test_kernels.py tests/test_patchmatch.py tests/test_knobs.py tests/test_models.py tests/test_memory.py tests/test_pose_geometry.py tests/test_ranking.py
 
 # Offline and quiet, for every command (see docs/pipeline.md).
 export DVC_NO_ANALYTICS := 1

@@ -159,11 +159,14 @@ class LossWeights:
     perceptual: float = check(0)
     contextual: float = check(0)
     recon: float = check(0)  # not in the paper: L1 of the output against the target on self pairs
+    rank: float = check(0)  # not in the paper: candidate scores towards the photometric ranking (losses/ranking.py)
+    rank_truth: float = check(0)  # not in the paper: the same towards the true match; synthetic data only
 
 
 # Keys added after model files were first written, with the value that reproduces the older code
 # (the official behaviour); `saved_config` fills them into a config read from such a file.
-ADDED_KEYS = {"model.generator.warp_skip": "none", "loss_weights.recon": 0.0}
+ADDED_KEYS = {"model.generator.warp_skip": "none", "loss_weights.recon": 0.0, "loss_weights.rank": 0.0,
+              "loss_weights.rank_truth": 0.0}
 
 
 @dataclass(frozen=True)
@@ -376,6 +379,11 @@ def _check_consistency(cfg: Config) -> None:
         if handed > k or (coarser is not None and handed > coarser):
             raise ConfigError(f"model.correspondence.handed_down[{i}] ({handed}) must not exceed this level's "
                               f"num_candidates ({k})" + (f" nor the coarser level's ({coarser})" if coarser else ""))
+    if cfg.loss_weights.rank_truth > 0 and d.source != "synthetic":
+        raise ConfigError(f"loss_weights.rank_truth ({cfg.loss_weights.rank_truth}) needs true matches, which only "
+                          f"data.source synthetic has (got {d.source}); set it to 0.0 or use loss_weights.rank")
+    if cfg.loss_weights.rank_truth > 0 and cfg.train.flip:
+        raise ConfigError("loss_weights.rank_truth: the true matches are not flipped; set train.flip to false")
     if cfg.train.decay_start >= cfg.train.steps:
         raise ConfigError(f"train.decay_start ({cfg.train.decay_start}) must be < train.steps ({cfg.train.steps}), "
                           "or -1 for a constant LR")

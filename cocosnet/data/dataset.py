@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cocosnet.data.processing import image_file, label_file, load_cached_image, load_label
+from cocosnet.metrics.correspondence import gt_in_crop
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,15 @@ class PairDataset(Dataset):
 
     label, exemplar_label (20, S, S) in [0, 1]; image, exemplar (3, S, S) in
     [-1, 1]; self_ref () float (1 for a self pair); index; and the crop
-    offsets (for mapping ground truth into the crop).
+    offsets (for mapping ground truth into the crop). With `truth_root` (a synthetic set's raw folder)
+    also the true matches: truth (S, S, 2) exemplar-crop (x, y) of every target pixel, truth_valid (S, S).
     """
 
     def __init__(self, table: pd.DataFrame, processed: Path, *, load_size: int, crop_size: int,
-                 random_crop: bool, flip: bool = False, seed: int = 0):
+                 random_crop: bool, flip: bool = False, seed: int = 0, truth_root: Path | None = None):
+        if flip and truth_root is not None:
+            raise ValueError("true matches are not flipped: use flip=False with truth_root")
+        self.truth_root = truth_root
         self.table = table.reset_index(drop=True)
         self.img_dir, self.label_dir = Path(processed) / "img", Path(processed) / "label"
         self.load_size, self.crop_size = load_size, crop_size
@@ -77,7 +82,13 @@ class PairDataset(Dataset):
         target_crop, exemplar_crop = self._crop(rng), self._crop(rng)
         image, label = self._load(row["target"], target_crop)
         exemplar, exemplar_label = self._load(row["exemplar"], exemplar_crop)
-        return {"image": image, "label": label, "exemplar": exemplar, "exemplar_label": exemplar_label,
+        item = {"image": image, "label": label, "exemplar": exemplar, "exemplar_label": exemplar_label,
                 "self_ref": torch.tensor(float(row["kind"] == "self")), "index": torch.tensor(index),
                 "target_crop": torch.tensor([target_crop.left, target_crop.top]),
                 "exemplar_crop": torch.tensor([exemplar_crop.left, exemplar_crop.top])}
+        if self.truth_root is not None:
+            truth, valid = gt_in_crop(self.truth_root, row["target"], row["exemplar"], load_size=self.load_size,
+                                      crop=self.crop_size, target_offset=(target_crop.left, target_crop.top),
+                                      exemplar_offset=(exemplar_crop.left, exemplar_crop.top))
+            item["truth"], item["truth_valid"] = torch.from_numpy(truth), torch.from_numpy(valid)
+        return item

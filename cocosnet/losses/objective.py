@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from cocosnet.losses.ranking import ranking_loss, truth_ranking_loss
 from cocosnet.losses.terms import (
     alignment_loss,
     cycle_loss,
@@ -21,10 +22,20 @@ from cocosnet.losses.terms import (
 from cocosnet.models.cocosnet import CoCosNetOutput, MatchOutput
 
 
-def correspondence_terms(out: MatchOutput, *, real: Tensor, exemplar: Tensor,
-                         self_ref: Tensor) -> dict[str, Tensor]:
-    """Alignment, warp and cycle terms (the pretraining objective), and the geometry warp when it was warped."""
-    terms = {"warp_self": warp_loss(out.correspondence.warps, real, self_ref)}
+def correspondence_terms(out: MatchOutput, *, real: Tensor, exemplar: Tensor, self_ref: Tensor,
+                         rank_temperature: float | None = None,
+                         truth: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
+    """Alignment, warp and cycle terms (the pretraining objective), the geometry warp when it was warped,
+    the ranking term when given the matcher's temperature, and with it the true-match ranking when given
+    the truth ((B, S, S, 2) positions, (B, S, S) validity)."""
+    corr = out.correspondence
+    terms = {"warp_self": warp_loss(corr.warps, real, self_ref)}
+    if rank_temperature is not None:
+        terms["rank"] = ranking_loss(corr.scores, corr.coords, exemplar=exemplar, real=real, self_ref=self_ref,
+                                     temperature=rank_temperature)
+    if rank_temperature is not None and truth is not None:
+        terms["rank_truth"] = truth_ranking_loss(corr.scores, corr.coords, truth=truth[0], valid=truth[1],
+                                                 temperature=rank_temperature, features=corr.features)
     if out.geometry is not None and out.correspondence.extra_warps is not None:
         terms["warp_geometry"] = geometry_warp_loss(out.correspondence.extra_warps, out.geometry)
     if out.real_feats is not None:
@@ -35,9 +46,11 @@ def correspondence_terms(out: MatchOutput, *, real: Tensor, exemplar: Tensor,
 
 
 def generator_terms(out: CoCosNetOutput, *, label: Tensor, real: Tensor, exemplar: Tensor, self_ref: Tensor,
-                    disc: nn.Module, vgg: nn.Module) -> dict[str, Tensor]:
-    """Every generator-side term of the paper, unweighted."""
-    terms = correspondence_terms(out, real=real, exemplar=exemplar, self_ref=self_ref)
+                    disc: nn.Module, vgg: nn.Module, rank_temperature: float | None = None,
+                    truth: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
+    """Every generator-side term of the paper, unweighted (and the ranking terms as in `correspondence_terms`)."""
+    terms = correspondence_terms(out, real=real, exemplar=exemplar, self_ref=self_ref,
+                                 rank_temperature=rank_temperature, truth=truth)
     fake_d = disc(torch.cat([label, out.image], dim=1))
     with torch.no_grad():
         real_d = disc(torch.cat([label, real], dim=1))

@@ -28,6 +28,7 @@ class CorrespondenceOutput:
     coords: list[Tensor]  # per level: (B, h_l, w_l, k, 2) exemplar (x, y) in level pixels, best first
     scores: list[Tensor]  # per level: (B, h_l, w_l, k)
     extra_warps: list[Tensor] | None = None  # per level: the `extra` maps warped like the colours
+    features: list[tuple[Tensor, Tensor]] | None = None  # in training, per level: the (query, key) scored
 
 
 def dense_match(query: Tensor, key: Tensor, key_colors: Tensor, *, temperature: float, k: int,
@@ -139,4 +140,5 @@ class HierarchicalCorrespondence(nn.Module):
             scores_out.append(scores)
         return CorrespondenceOutput([w[:, :3] for w in warps], None if cycle_warp is None else cycle_warp[:, :3],
                                     coords_out, scores_out,
-                                    None if extra is None else [w[:, 3:] for w in warps])
+                                    None if extra is None else [w[:, 3:] for w in warps],
+                                    list(zip(query, key)) if self.training else None)  # for the rank_truth term

@@ -45,7 +45,7 @@ class StageSpec:
 PRETRAIN = StageSpec("pretrain", ("data.load_size", "data.crop_size", "model.align", "model.correspondence",
                                   "loss_weights.feat_align",
                                   "loss_weights.warp_self", "loss_weights.warp_cycle", "loss_weights.warp_geometry",
-                                  "pretrain"))
+                                  "loss_weights.rank", "loss_weights.rank_truth", "pretrain"))
 TRAIN = StageSpec("train", ("data.load_size", "data.crop_size", "model", "loss_weights", "vgg", "train"))
 STAGES = {spec.name: spec for spec in (PRETRAIN, TRAIN)}
 

@@ -110,7 +110,8 @@ def batches(cfg: Config, spec: StageSpec, pairs: pd.DataFrame, info: DistInfo, s
     section = section_of(cfg, spec)
     flip = section.flip if isinstance(section, TrainConfig) else False
     dataset = PairDataset(training_pairs(pairs), Path(cfg.data.processed), load_size=cfg.data.load_size,
-                          crop_size=cfg.data.crop_size, random_crop=True, flip=flip, seed=section.seed)
+                          crop_size=cfg.data.crop_size, random_crop=True, flip=flip, seed=section.seed,
+                          truth_root=Path(cfg.data.root) if cfg.loss_weights.rank_truth > 0 else None)
     steps = StepBatches(len(dataset), section.batch_size, info, section.seed)
 
     def keys(step: int) -> list[tuple[int, int]]:

@@ -30,7 +30,7 @@ from cocosnet.models.cocosnet import CoCosNet
 from cocosnet.train.precision import autocast, autocast_dtype
 from cocosnet.train.schedule import lr_at, ttur
 
-CORRESPONDENCE_KEYS = ("feat_align", "warp_self", "warp_cycle", "warp_geometry")
+CORRESPONDENCE_KEYS = ("feat_align", "warp_self", "warp_cycle", "warp_geometry", "rank", "rank_truth")
 
 
 def sample_generators(seed: int, step: int, indices: Tensor, device: torch.device) -> list[torch.Generator]:
@@ -64,6 +64,17 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def rank_temperature(model: CoCosNet, weights: dict[str, float]) -> float | None:
+    """The matcher's temperature when a ranking term is on, else None (neither is computed)."""
+    on = weights["rank"] > 0 or weights["rank_truth"] > 0
+    return model.config.correspondence.temperature if on else None
+
+
+def batch_truth(batch: dict) -> tuple[Tensor, Tensor] | None:
+    """The batch's true matches (positions, validity) when its dataset was asked for them (rank_truth > 0)."""
+    return (batch["truth"], batch["truth_valid"]) if "truth" in batch else None
+
+
 def _optimise(loss: Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params,
               grad_clip: float) -> None:
     opt.zero_grad(set_to_none=True)
@@ -94,7 +105,9 @@ class CorrespondenceTrainer:
         with autocast(self.device, self.amp_dtype):
             out = self.net(b["label"], b["exemplar"], b["exemplar_label"], real=b["image"], cycle=True,
                            geometry_warp=self.weights["warp_geometry"] > 0, generator=gens)
-            terms = correspondence_terms(out, real=b["image"], exemplar=b["exemplar"], self_ref=b["self_ref"])
+            terms = correspondence_terms(out, real=b["image"], exemplar=b["exemplar"], self_ref=b["self_ref"],
+                                         rank_temperature=rank_temperature(self.model, self.weights),
+                                         truth=batch_truth(b))
             loss = weighted_total(terms, self.weights)
         _optimise(loss, self.opt, self.scaler, self.model.matcher.parameters(), 0.0)
         return {**{k: v.item() for k, v in terms.items()}, "loss": loss.item()}
@@ -167,7 +180,9 @@ class GanTrainer:
             out = self.net(b["label"], b["exemplar"], b["exemplar_label"], real=b["image"], cycle=True,
                            geometry_warp=self.weights["warp_geometry"] > 0, generator=gens)
             terms = generator_terms(out, label=b["label"], real=b["image"], exemplar=b["exemplar"],
-                                    self_ref=b["self_ref"], disc=self.disc, vgg=self.vgg)
+                                    self_ref=b["self_ref"], disc=self.disc, vgg=self.vgg,
+                                    rank_temperature=rank_temperature(self.model, self.weights),
+                                    truth=batch_truth(b))
             loss = weighted_total(terms, self.weights)
         self.disc.requires_grad_(True)
         _optimise(loss, self.opt_g, self.scaler_g, self.model.parameters(), self.cfg.grad_clip)
