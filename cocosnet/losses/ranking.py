@@ -9,8 +9,8 @@ the mean |colour difference| between the 3x3 exemplar patch at the candidate and
 the pixel, and the candidates' scores / temperature are pulled towards softmax(-cost / RANK_SIGMA)
 by a KL divergence (a soft cross-entropy, as LoFTR and PatchmatchNet supervise their choices, with
 the photometric cost standing in for the true match a synthetic set alone would give). Where the
-candidates look alike (flat cloth, background) the target is near uniform and the term asks for
-nothing. Ref pairs have no target photo and do not count.
+candidates look alike (flat cloth, background) the target is near uniform, so the term asks for
+equal scores there. Ref pairs have no target photo and do not count.
 
 `truth_ranking_loss` (`loss_weights.rank_truth`) is the same choice supervised with the true match,
 which only the synthetic set has: the measure of what the photometric target gives up.
@@ -85,6 +85,7 @@ def truth_ranking_loss(scores: list[Tensor], coords: list[Tensor], *, truth: Ten
             query, key = features[i]
             hk, wk = key.shape[-2:]
             true_pos = (gt + 0.5) * gt.new_tensor([wk / gt.shape[2], hk / gt.shape[1]]) - 0.5  # key pixels
+            # its cosine alone: a `rerank` bias exists only for the candidates the GRU saw
             true_score = candidate_scores(query.float(), key.float(), true_pos.unsqueeze(-2))  # (B, h, w, 1)
             logits = torch.cat([logits, true_score.float()], dim=-1)
             choice = torch.where(distance <= TRUTH_REACH, choice, torch.full_like(choice, logits.shape[-1] - 1))
