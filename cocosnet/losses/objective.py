@@ -23,14 +23,14 @@ from cocosnet.models.cocosnet import CoCosNetOutput, MatchOutput
 
 
 def correspondence_terms(out: MatchOutput, *, real: Tensor, exemplar: Tensor, self_ref: Tensor,
-                         rank_temperature: float | None = None,
+                         rank_temperature: float | None = None, photometric: bool = True,
                          truth: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
     """Alignment, warp and cycle terms (the pretraining objective), the geometry warp when it was warped,
-    the ranking term when given the matcher's temperature, and with it the true-match ranking when given
-    the truth ((B, S, S, 2) positions, (B, S, S) validity)."""
+    and, given the matcher's temperature, the ranking terms: the photometric one unless `photometric` is
+    false, the true-match one when given the truth ((B, S, S, 2) positions, (B, S, S) validity)."""
     corr = out.correspondence
     terms = {"warp_self": warp_loss(corr.warps, real, self_ref)}
-    if rank_temperature is not None:
+    if rank_temperature is not None and photometric:
         terms["rank"] = ranking_loss(corr.scores, corr.coords, exemplar=exemplar, real=real, self_ref=self_ref,
                                      temperature=rank_temperature)
     if rank_temperature is not None and truth is not None:
@@ -47,10 +47,10 @@ def correspondence_terms(out: MatchOutput, *, real: Tensor, exemplar: Tensor, se
 
 def generator_terms(out: CoCosNetOutput, *, label: Tensor, real: Tensor, exemplar: Tensor, self_ref: Tensor,
                     disc: nn.Module, vgg: nn.Module, rank_temperature: float | None = None,
-                    truth: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
+                    photometric: bool = True, truth: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
     """Every generator-side term of the paper, unweighted (and the ranking terms as in `correspondence_terms`)."""
     terms = correspondence_terms(out, real=real, exemplar=exemplar, self_ref=self_ref,
-                                 rank_temperature=rank_temperature, truth=truth)
+                                 rank_temperature=rank_temperature, photometric=photometric, truth=truth)
     fake_d = disc(torch.cat([label, out.image], dim=1))
     with torch.no_grad():
         real_d = disc(torch.cat([label, real], dim=1))

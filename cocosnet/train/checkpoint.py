@@ -178,9 +178,8 @@ def load_model(path: Path, cfg: Config, *, sections: tuple[str, ...] = ("model",
 MATCHER_SECTIONS = ("model.align", "model.correspondence")  # what a pretrain model's weights depend on
 
 
-def load_matcher(path: Path, cfg: Config) -> dict:
-    """The matcher's state dict from a model file whose matcher config equals `cfg`'s (its generator
-    may differ: a pretrain model's is untrained and unused)."""
-    state = load_checkpoint(path)
-    check_compatible(state, asdict(cfg), MATCHER_SECTIONS, path)
+def matcher_weights(state: dict, cfg: Config, source: Path) -> dict:
+    """The matcher's state dict from a model file's `state` (read from `source`) whose matcher config
+    equals `cfg`'s (its generator may differ: a pretrain model's is untrained and unused)."""
+    check_compatible(state, asdict(cfg), MATCHER_SECTIONS, source)
     return {k.removeprefix("matcher."): v for k, v in state["model"].items() if k.startswith("matcher.")}

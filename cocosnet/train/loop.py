@@ -28,11 +28,11 @@ from cocosnet.losses.vgg import load_vgg19
 from cocosnet.models.cocosnet import CoCosNet, build_discriminator
 from cocosnet.progress import progress
 from cocosnet.train.checkpoint import (
+    check_compatible,
     checkpoint_path,
     list_checkpoints,
     load_checkpoint,
-    load_matcher,
-    load_model,
+    matcher_weights,
     prune,
     save_checkpoint,
     save_model,
@@ -95,11 +95,12 @@ def resume(trainer: Trainer, cfg: Config, spec: StageSpec, inputs: dict, paths: 
             changes.append({"step": int(state["step"]), "files": changed})
         return int(state["step"]), list(state["history"]), dict(state.get("samples", {})), changes
     if paths.init is not None:
-        if load_checkpoint(paths.init).get("stage") == "pretrain":  # the matcher only: its generator is untrained
-            trainer.model.matcher.load_state_dict(load_matcher(paths.init, cfg))
+        init = load_checkpoint(paths.init)
+        if init.get("stage") == "pretrain":  # the matcher only: its generator is untrained
+            trainer.model.matcher.load_state_dict(matcher_weights(init, cfg, paths.init))
         else:  # a trained or imported model: the matcher and the generator
-            initial, _ = load_model(paths.init, cfg)
-            trainer.model.load_state_dict(initial.state_dict())
+            check_compatible(init, asdict(cfg), ("model",), paths.init)
+            trainer.model.load_state_dict(init["model"])
         if isinstance(trainer, GanTrainer):
             trainer.reset_ema()
     return 0, [], {}, []

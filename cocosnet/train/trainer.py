@@ -64,15 +64,14 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def rank_temperature(model: CoCosNet, weights: dict[str, float]) -> float | None:
-    """The matcher's temperature when a ranking term is on, else None (neither is computed)."""
-    on = weights["rank"] > 0 or weights["rank_truth"] > 0
-    return model.config.correspondence.temperature if on else None
-
-
-def batch_truth(batch: dict) -> tuple[Tensor, Tensor] | None:
-    """The batch's true matches (positions, validity) when its dataset was asked for them (rank_truth > 0)."""
-    return (batch["truth"], batch["truth_valid"]) if "truth" in batch else None
+def ranking(model: CoCosNet, weights: dict[str, float], batch: dict) -> dict:
+    """The ranking arguments of the objective: only the terms whose weight is on are computed (the
+    batch carries the true matches when its dataset was asked for them, rank_truth > 0)."""
+    if weights["rank"] <= 0 and weights["rank_truth"] <= 0:
+        return {}
+    truth = (batch["truth"], batch["truth_valid"]) if weights["rank_truth"] > 0 else None
+    return {"rank_temperature": model.config.correspondence.temperature, "photometric": weights["rank"] > 0,
+            "truth": truth}
 
 
 def _optimise(loss: Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params,
@@ -106,8 +105,7 @@ class CorrespondenceTrainer:
             out = self.net(b["label"], b["exemplar"], b["exemplar_label"], real=b["image"], cycle=True,
                            geometry_warp=self.weights["warp_geometry"] > 0, generator=gens)
             terms = correspondence_terms(out, real=b["image"], exemplar=b["exemplar"], self_ref=b["self_ref"],
-                                         rank_temperature=rank_temperature(self.model, self.weights),
-                                         truth=batch_truth(b))
+                                         **ranking(self.model, self.weights, b))
             loss = weighted_total(terms, self.weights)
         _optimise(loss, self.opt, self.scaler, self.model.matcher.parameters(), 0.0)
         return {**{k: v.item() for k, v in terms.items()}, "loss": loss.item()}
@@ -181,8 +179,7 @@ class GanTrainer:
                            geometry_warp=self.weights["warp_geometry"] > 0, generator=gens)
             terms = generator_terms(out, label=b["label"], real=b["image"], exemplar=b["exemplar"],
                                     self_ref=b["self_ref"], disc=self.disc, vgg=self.vgg,
-                                    rank_temperature=rank_temperature(self.model, self.weights),
-                                    truth=batch_truth(b))
+                                    **ranking(self.model, self.weights, b))
             loss = weighted_total(terms, self.weights)
         self.disc.requires_grad_(True)
         _optimise(loss, self.opt_g, self.scaler_g, self.model.parameters(), self.cfg.grad_clip)
