@@ -1,8 +1,8 @@
 """The `cocosnet` command (installed by the README's set-up).
 
-    cocosnet generate --model models/train.pt --exemplar person.jpg --exemplar-pose person.json \
+    cocosnet generate --model models/refine.pt --exemplar person.jpg --exemplar-pose person.json \
         --pose target.json --out out.png [--panel panel.png] [--size W H] [--device cuda]
-    cocosnet generate --model models/train.pt --pairs pairs.csv --out-dir outputs/
+    cocosnet generate --model models/refine.pt --pairs pairs.csv --out-dir outputs/
     cocosnet import-official --corr latest_net_Corr.pth --gen latest_net_G.pth --out models/official.pt
 
 Errors a user can act on print as one line (`error: ...`) and exit with status 2; COCOSNET_DEBUG=1
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="cocosnet", description="CoCosNet v2 tools")
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="draw the person of an exemplar photo in a new pose")
-    gen.add_argument("--model", required=True, help="a model file of this project (models/train.pt)")
+    gen.add_argument("--model", required=True, help="a model file of this project (models/refine.pt)")
     gen.add_argument("--exemplar", help="the photo of the person (any size)")
     gen.add_argument("--exemplar-pose", help="its keypoints (OpenPose/COCO JSON, pose-transfer CSV, "
                                              "DeepFashion-HD candidate/subset)")

@@ -138,11 +138,17 @@ class DiscriminatorConfig:
 
 
 @dataclass(frozen=True)
+class RefinerConfig:
+    width: int = check(0, MAX_WIDTH)  # channels of the refiner (models/refiner.py); 0 = none (official)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     align: AlignConfig
     correspondence: CorrespondenceConfig
     generator: GeneratorConfig
     discriminator: DiscriminatorConfig
+    refiner: RefinerConfig
 
 
 @dataclass(frozen=True)
@@ -166,7 +172,10 @@ class LossWeights:
 # Keys added after model files were first written, with the value that reproduces the older code
 # (the official behaviour); `saved_config` fills them into a config read from such a file.
 ADDED_KEYS = {"model.generator.warp_skip": "none", "loss_weights.recon": 0.0, "loss_weights.rank": 0.0,
-              "loss_weights.rank_truth": 0.0}
+              "loss_weights.rank_truth": 0.0, "model.refiner": {"width": 0},
+              "refine": {"steps": 0, "batch_size": 8, "lr": 1.0e-3, "edge_weight": 1.0, "pool": 800, "grad_clip": 0.0,
+                         "checkpoint_every": 100, "keep_last": 2, "log_every": 10, "sample_every": 200,
+                         "workers": 0, "seed": 1234}}
 
 
 @dataclass(frozen=True)
@@ -221,6 +230,25 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class RefineConfig:
+    """The refiner alone on the frozen matcher and generator of the GAN stage, on a fixed pool of
+    training crops whose candidates are computed once (cocosnet/train/refine.py). Adam, L1 to the target."""
+
+    steps: int = check(0)  # 0 = no refinement: the stage writes the GAN stage's model
+    batch_size: int = check(1)
+    lr: float = check(**POSITIVE)  # decays linearly to 0 over the steps
+    edge_weight: float = check(0)  # weight of the L1 of image differences beside the L1 (refine_terms)
+    pool: int = check(1)  # training crops cached (each drawn once, a fixed crop per pair)
+    grad_clip: float = check(0)  # max gradient norm; 0 = off
+    checkpoint_every: int = check(1)
+    keep_last: int = check(1)
+    log_every: int = check(1)
+    sample_every: int = check(1)
+    workers: int = check(0)
+    seed: int = check(0)
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     max_pairs: int = check(0)  # val pairs evaluated per kind, self and ref (0 = all)
     batch_size: int = check(1)
@@ -246,6 +274,7 @@ class Config:
     vgg: VGGConfig
     pretrain: PretrainConfig
     train: TrainConfig
+    refine: RefineConfig
     eval: EvalConfig
     tracking: TrackingConfig
 
@@ -346,7 +375,7 @@ def saved_config(raw: dict) -> dict:
                 break
             node = node[p]
         else:
-            node.setdefault(last, value)
+            node.setdefault(last, copy.deepcopy(value))
     return out
 
 

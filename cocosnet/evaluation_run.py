@@ -37,7 +37,8 @@ def run_evaluation(cfg: Config, model_path: Path, reports: Path, outputs: Path) 
         if "correspondence" in metrics:
             figures["Correspondence accuracy by level"] = correspondence_plot(
                 metrics["correspondence"], eval_dir / "correspondence.png")
-        losses = loss_plot({stage: read_losses(reports / stage / "losses.tsv") for stage in ("pretrain", "train")},
+        losses = loss_plot({stage: read_losses(reports / stage / "losses.tsv")
+                            for stage in ("pretrain", "train", "refine")},
                            eval_dir / "losses.png")
         if losses is not None:
             figures["Loss curves"] = losses

@@ -32,7 +32,7 @@ STAGES = dvc_stages()
 # Data stages are idempotent and cheap to redo; training stages resume from their
 # checkpoints, so a retry would not lose work, but a failing multi-hour run should
 # stop and be looked at rather than silently run again.
-TRAINING = ("pretrain", "train")
+TRAINING = ("pretrain", "train", "refine")
 RETRIES = {stage: 0 if stage in TRAINING else 2 for stage in STAGES}
 
 

@@ -49,11 +49,11 @@ def load_model_file(path: str | Path, device: str = "cpu") -> tuple[CoCosNet, Co
         if not path.is_file():
             raise
         reason = str(exc).split(": ", 1)[-1].split("; ")[0]  # without the stage-rerun hint
-        raise CheckpointError(f"{path}: not a model file of this project ({reason}); pass models/train.pt, or "
+        raise CheckpointError(f"{path}: not a model file of this project ({reason}); pass models/refine.pt, or "
                               "convert official weights with `cocosnet import-official`") from None
     if "model" not in state or "config" not in state:
         raise CheckpointError(f"{path}: a checkpoint without a model and its config; pass a model file "
-                              "(models/train.pt, or one written by `cocosnet import-official`)")
+                              "(models/refine.pt, or one written by `cocosnet import-official`)")
     try:
         cfg = config_from_dict(saved_config(state["config"]))
         model = CoCosNet(cfg.model)

@@ -14,7 +14,7 @@ def main(cfg, args) -> None:
 
 
 def add_args(parser) -> None:
-    parser.add_argument("--model", default="models/train.pt")
+    parser.add_argument("--model", default="models/refine.pt")
     parser.add_argument("--reports", default="reports")
     parser.add_argument("--outputs", default="reports/eval/outputs",
                         help="where the JPG outputs go: <outputs>/{self,ref}/{fake,real,exemplar}/NNNNN.jpg")

@@ -30,9 +30,11 @@ def tiny_training_config(raw_root: Path, processed: Path, crop: int = 64, **trai
     raw["model"]["correspondence"].update(num_candidates=[4, 4, 4], iters=[2, 2, 2], handed_down=[4, 4, 4], gru_hidden=8)
     raw["model"]["generator"].update(ngf=8, head_width=16, spade_hidden=8)
     raw["model"]["discriminator"].update(ndf=8)
-    for section in ("pretrain", "train"):
+    raw["model"]["refiner"].update(width=8)
+    for section in ("pretrain", "train", "refine"):
         raw[section].update(steps=4, batch_size=2, checkpoint_every=1, keep_last=2, log_every=1,
                             sample_every=2, workers=0, seed=5)
+    raw["refine"].update(pool=6)
     raw["train"].update(train_overrides)
     raw["eval"].update(max_pairs=4, batch_size=2)
     return config_from_dict(raw)

@@ -16,6 +16,7 @@ from cocosnet.models.discriminator import MultiscaleDiscriminator
 from cocosnet.models.generator import SPADEGenerator
 from cocosnet.models.patchmatch import Generators
 from cocosnet.models.pose_geometry import PoseGeometry, geometry_features
+from cocosnet.models.refiner import Refiner, refiner_inputs
 
 
 @dataclass
@@ -74,7 +75,8 @@ class Matcher(nn.Module):
 
 
 class CoCosNet(nn.Module):
-    """The matcher and a SPADE generator conditioned on the warps of every level and the label."""
+    """The matcher and a SPADE generator conditioned on the warps of every level and the label; optionally
+    a refiner of the generated image from the finest level's candidates (`model.refiner.width` > 0)."""
 
     def __init__(self, cfg: ModelConfig, *, label_nc: int = LABEL_CHANNELS):
         super().__init__()
@@ -83,6 +85,9 @@ class CoCosNet(nn.Module):
         g = cfg.generator
         self.generator = SPADEGenerator(3 * len(cfg.align.widths) + label_nc, ngf=g.ngf, head_width=g.head_width,
                                         spade_hidden=g.spade_hidden, warp_skip=g.warp_skip)
+        c = cfg.correspondence
+        self.refiner = (Refiner(c.num_candidates[-1], label_nc, width=cfg.refiner.width, temperature=c.temperature)
+                        if cfg.refiner.width > 0 else None)
 
     @classmethod
     def from_config(cls, cfg: Config) -> CoCosNet:
@@ -94,6 +99,8 @@ class CoCosNet(nn.Module):
         match = self.matcher(label, exemplar, exemplar_label, real=real, cycle=cycle, geometry_warp=geometry_warp,
                              generator=generator)
         image = self.generate(match.correspondence.warps, label)
+        if self.refiner is not None:
+            image = self.refine(match.correspondence, exemplar, label, image).clamp(-1, 1)
         return CoCosNetOutput(match.correspondence, match.label_feats, match.real_feats, match.geometry, image)
 
     def generate(self, warps: list[Tensor], label: Tensor) -> Tensor:
@@ -104,6 +111,11 @@ class CoCosNet(nn.Module):
         cond = torch.cat([resize_to(w, size, "nearest") for w in warps] + [label], dim=1)
         finest = resize_to(warps[-1], size, "bilinear") if self.generator.warp_skip != "none" else None
         return self.generator(cond, finest)
+
+    def refine(self, corr: CorrespondenceOutput, exemplar: Tensor, label: Tensor, image: Tensor) -> Tensor:
+        """The refiner on the generated image (B, 3, H, W), unclamped (its training loss reads it so)."""
+        colors, scores = refiner_inputs(exemplar, corr.coords[-1], corr.scores[-1], tuple(image.shape[-2:]))
+        return self.refiner(colors, scores, label, image)
 
 
 def build_discriminator(cfg: Config) -> MultiscaleDiscriminator:

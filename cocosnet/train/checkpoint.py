@@ -183,3 +183,14 @@ def matcher_weights(state: dict, cfg: Config, source: Path) -> dict:
     equals `cfg`'s (its generator may differ: a pretrain model's is untrained and unused)."""
     check_compatible(state, asdict(cfg), MATCHER_SECTIONS, source)
     return {k.removeprefix("matcher."): v for k, v in state["model"].items() if k.startswith("matcher.")}
+
+
+GENERATION_SECTIONS = ("model.align", "model.correspondence", "model.generator")
+
+
+def refinable_weights(state: dict, cfg: Config, source: Path) -> dict:
+    """The matcher's and generator's state dict from a trained or imported model file's `state` (read
+    from `source`) whose matcher and generator config equal `cfg`'s; its refiner, if any, is left out
+    (a stage starting from it trains its own, or none)."""
+    check_compatible(state, asdict(cfg), GENERATION_SECTIONS, source)
+    return {k: v for k, v in state["model"].items() if not k.startswith("refiner.")}

@@ -16,13 +16,13 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from cocosnet.config import Config, flatten
+from cocosnet.config import Config, RefinerConfig, flatten
 from cocosnet.data.processing import image_file, label_file
 from cocosnet.deps import REPO, import_closure
 from cocosnet.io import sha256_file, sha256_files
@@ -46,8 +46,19 @@ PRETRAIN = StageSpec("pretrain", ("data.load_size", "data.crop_size", "model.ali
                                   "loss_weights.feat_align",
                                   "loss_weights.warp_self", "loss_weights.warp_cycle", "loss_weights.warp_geometry",
                                   "loss_weights.rank", "loss_weights.rank_truth", "pretrain"))
-TRAIN = StageSpec("train", ("data.load_size", "data.crop_size", "model", "loss_weights", "vgg", "train"))
-STAGES = {spec.name: spec for spec in (PRETRAIN, TRAIN)}
+TRAIN = StageSpec("train", ("data.load_size", "data.crop_size", "model.align", "model.correspondence",
+                            "model.generator", "model.discriminator", "loss_weights", "vgg", "train"))
+# The refiner trains alone on the frozen GAN model (models/train.pt, whose hash is among its inputs).
+REFINE = StageSpec("refine", ("data.load_size", "data.crop_size", "model", "refine"))
+STAGES = {spec.name: spec for spec in (PRETRAIN, TRAIN, REFINE)}
+
+
+def stage_config(cfg: Config, spec: StageSpec) -> Config:
+    """The config a stage builds its model from: pretrain and train build theirs without the refiner,
+    which only the refine stage adds and trains (so its settings never retrain the GAN)."""
+    if spec.name == REFINE.name:
+        return cfg
+    return replace(cfg, model=replace(cfg.model, refiner=RefinerConfig(width=0)))
 
 
 def _selected(key: str, prefixes: tuple[str, ...]) -> bool:

@@ -21,24 +21,25 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from cocosnet.config import Config, PretrainConfig, TrainConfig
+from cocosnet.config import Config, PretrainConfig, RefineConfig, TrainConfig
 from cocosnet.data.dataset import PairDataset
 from cocosnet.io import atomic_save, atomic_write
 from cocosnet.losses.vgg import load_vgg19
 from cocosnet.models.cocosnet import CoCosNet, build_discriminator
 from cocosnet.progress import progress
 from cocosnet.train.checkpoint import (
-    check_compatible,
     checkpoint_path,
     list_checkpoints,
     load_checkpoint,
     matcher_weights,
     prune,
+    refinable_weights,
     save_checkpoint,
     save_model,
 )
 from cocosnet.train.distributed import DistInfo, StepBatches
-from cocosnet.train.inputs import StageSpec, code_differences, training_inputs, training_pairs
+from cocosnet.train.inputs import StageSpec, code_differences, stage_config, training_inputs, training_pairs
+from cocosnet.train.refine import RefineTrainer, refine_pool
 from cocosnet.train.resume import choose_resume
 from cocosnet.train.samples import sample_grid
 from cocosnet.train.trainer import CorrespondenceTrainer, GanTrainer
@@ -46,7 +47,7 @@ from cocosnet.train.trainer import CorrespondenceTrainer, GanTrainer
 Log = Callable[[dict[str, float], int], None]
 Artifact = Callable[[Path, str], None]
 Tag = Callable[[dict[str, str]], None]
-Trainer = CorrespondenceTrainer | GanTrainer
+Trainer = CorrespondenceTrainer | GanTrainer | RefineTrainer
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,10 @@ class RunPaths:
     ckpt_dir: Path  # checkpoints/<stage>/
     out_model: Path  # models/<stage>.pt
     reports: Path  # reports/<stage>/: losses.tsv, losses.png, samples/
-    init: Path | None = None  # a model file whose matcher initialises this stage (train: models/pretrain.pt)
+    init: Path | None = None  # the model file this stage starts from (train: models/pretrain.pt)
 
 
-def section_of(cfg: Config, spec: StageSpec) -> PretrainConfig | TrainConfig:
+def section_of(cfg: Config, spec: StageSpec) -> PretrainConfig | TrainConfig | RefineConfig:
     return getattr(cfg, spec.name)
 
 
@@ -68,6 +69,8 @@ def build(cfg: Config, spec: StageSpec, device: torch.device, *, distributed: bo
     model = CoCosNet.from_config(cfg).to(device)
     if isinstance(section, PretrainConfig):
         return CorrespondenceTrainer(model, section, cfg.loss_weights, device=device, distributed=distributed)
+    if isinstance(section, RefineConfig):
+        return RefineTrainer(model, section, device=device, distributed=distributed)
     disc = build_discriminator(cfg).to(device)
     vgg = load_vgg19(cfg.vgg.weights).to(device)
     return GanTrainer(model, disc, vgg, section, cfg.loss_weights, device=device, distributed=distributed)
@@ -98,26 +101,34 @@ def resume(trainer: Trainer, cfg: Config, spec: StageSpec, inputs: dict, paths: 
         init = load_checkpoint(paths.init)
         if init.get("stage") == "pretrain":  # the matcher only: its generator is untrained
             trainer.model.matcher.load_state_dict(matcher_weights(init, cfg, paths.init))
-        else:  # a trained or imported model: the matcher and the generator
-            check_compatible(init, asdict(cfg), ("model",), paths.init)
-            trainer.model.load_state_dict(init["model"])
+        else:  # a trained or imported model: the matcher and the generator; the refiner starts afresh
+            missing, unexpected = trainer.model.load_state_dict(refinable_weights(init, cfg, paths.init), strict=False)
+            assert not unexpected and all(k.startswith("refiner.") for k in missing), (missing, unexpected)
         if isinstance(trainer, GanTrainer):
             trainer.reset_ema()
     return 0, [], {}, []
 
 
+def training_dataset(cfg: Config, spec: StageSpec, pairs: pd.DataFrame) -> PairDataset:
+    """The stage's training pairs (the refine stage: its pool) as random crops, indexed by (row, epoch)."""
+    section = section_of(cfg, spec)
+    flip = section.flip if isinstance(section, TrainConfig) else False
+    table = refine_pool(training_pairs(pairs), section) if isinstance(section, RefineConfig) else training_pairs(pairs)
+    return PairDataset(table, Path(cfg.data.processed), load_size=cfg.data.load_size,
+                       crop_size=cfg.data.crop_size, random_crop=True, flip=flip, seed=section.seed,
+                       truth_root=Path(cfg.data.root) if cfg.loss_weights.rank_truth > 0 else None)
+
+
 def batches(cfg: Config, spec: StageSpec, pairs: pd.DataFrame, info: DistInfo, start: int) -> DataLoader:
     """The batches of steps start+1 .. steps, each the same whatever the start or the world size."""
     section = section_of(cfg, spec)
-    flip = section.flip if isinstance(section, TrainConfig) else False
-    dataset = PairDataset(training_pairs(pairs), Path(cfg.data.processed), load_size=cfg.data.load_size,
-                          crop_size=cfg.data.crop_size, random_crop=True, flip=flip, seed=section.seed,
-                          truth_root=Path(cfg.data.root) if cfg.loss_weights.rank_truth > 0 else None)
+    pool = isinstance(section, RefineConfig)  # a fixed pool of crops, each drawn the same at every epoch
+    dataset = training_dataset(cfg, spec, pairs)
     steps = StepBatches(len(dataset), section.batch_size, info, section.seed)
 
     def keys(step: int) -> list[tuple[int, int]]:
         epoch, idx = steps(step)
-        return [(i, epoch) for i in idx]
+        return [(i, 0 if pool else epoch) for i in idx]
 
     return DataLoader(dataset, batch_sampler=[keys(s) for s in range(start, section.steps)],
                       num_workers=section.workers, persistent_workers=False)
@@ -129,12 +140,17 @@ def run_training(cfg: Config, spec: StageSpec, pairs: pd.DataFrame, paths: RunPa
     """Train `spec` to its step count; returns the last metrics and the model written to `paths.out_model`.
     `across_code_change` resumes a checkpoint trained by other code (same params, data and files); the
     crossing is kept in the checkpoints (`code_changes`) and given to `tag`."""
+    cfg = stage_config(cfg, spec)
     section = section_of(cfg, spec)
     files = {"init": paths.init}
     if isinstance(section, TrainConfig) and cfg.vgg.weights != "random":
         files["vgg"] = Path(cfg.vgg.weights)
     inputs = training_inputs(cfg, spec, pairs, files=files)
+    if isinstance(section, RefineConfig) and (section.steps == 0 or cfg.model.refiner.width == 0):
+        return {}, _unrefined(cfg, spec, pairs, paths, inputs, info)
     trainer = build(cfg, spec, info.device, distributed=info.world > 1)
+    if isinstance(trainer, RefineTrainer):
+        trainer.pool = training_dataset(cfg, spec, pairs)
     start, history, samples, code_changes = resume(trainer, cfg, spec, inputs, paths, info, across_code_change)
     if info.is_main:
         _restore_samples(samples, start, spec.name, paths.reports, artifact)
@@ -175,6 +191,43 @@ def run_training(cfg: Config, spec: StageSpec, pairs: pd.DataFrame, paths: RunPa
         save_model(paths.out_model, final, config=config, stage=spec.name, step=section.steps, inputs=inputs)
         write_history(history, paths.reports)
     return metrics, final
+
+
+def _unrefined(cfg: Config, spec: StageSpec, pairs: pd.DataFrame, paths: RunPaths, inputs: dict,
+               info: DistInfo) -> CoCosNet:
+    """The refine stage with no refinement asked for (`refine.steps` 0 or `model.refiner.width` 0): the
+    starting model written as the stage's model (an untrained refiner returns its input), with an empty
+    loss table and the grid of one pool batch, so the stage's outputs exist as after training."""
+    model = CoCosNet.from_config(cfg).to(info.device).eval()
+    model.load_state_dict(refinable_weights(load_checkpoint(paths.init), cfg, paths.init), strict=False)
+    if info.is_main:
+        save_model(paths.out_model, model, config=asdict(cfg), stage=spec.name, step=0, inputs=inputs)
+        atomic_write(paths.reports / "losses.tsv", "step\n")
+        _note_png(paths.reports / "losses.png", f"{spec.name}: no refinement (refine.steps "
+                  f"{section_of(cfg, spec).steps}, model.refiner.width {cfg.model.refiner.width})")
+        dataset = training_dataset(cfg, spec, pairs)
+        first = DataLoader(dataset, batch_sampler=[[(i, 0) for i in range(min(4, len(dataset)))]])
+        batch = {k: v.to(info.device) for k, v in next(iter(first)).items()}
+        with torch.no_grad():
+            out = model(batch["label"], batch["exemplar"], batch["exemplar_label"],
+                        generator=torch.Generator(device=info.device).manual_seed(0))
+        buf = io.BytesIO()
+        sample_grid(batch, out.correspondence.warps, out.image).save(buf, format="PNG")
+        atomic_write(_sample_path(paths.reports, 0), buf.getvalue())
+    return model
+
+
+def _note_png(path: Path, text: str) -> None:
+    """A small PNG that says `text`, where a plot of no data would be."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(5, 1))
+    fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=8)
+    atomic_save(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
 
 
 def _sample_path(reports: Path, step: int) -> Path:

@@ -1,0 +1,75 @@
+"""The refiner: a shallow network that corrects the generated image from the finest level's candidates.
+
+The finest warp is a softmax over k exemplar positions at temperature 0.01 whose first scores are
+nearly tied (0.003 apart on the demo), so it averages several candidates: wrong ones leave speckle,
+disagreeing ones blur the cloth. Choosing the best of the k with the target would cut the warp's L1
+by 40% (docs/decisions/2026-12-06-candidate-selector.md). The refiner sees every candidate's colour
+and score, the target label and the generator's image, and returns that image plus two learned
+changes: a re-weighting of the candidates (the matcher's softmax replaced by one with learned logit
+offsets, applied as a difference) and an RGB correction. Its last convolution starts at zero, so
+before training it returns the generator's image exactly.
+
+It is trained in a stage of its own (`refine`, cocosnet/train/refine.py) on the frozen matcher and
+generator, at a batch size the GAN stage cannot afford on a CPU. Not in the official code.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from cocosnet.models.blocks import resize_to
+from cocosnet.models.ops import weighted_sample
+
+SCORE_SCALE = 10.0  # score gaps (cosines, 0..2) as the network's input, about 0..20
+
+
+def candidate_colors(source: Tensor, coords: Tensor) -> Tensor:
+    """source (B, C, Hk, Wk), coords (B, H, W, k, 2) (x, y) in source pixels -> (B, k, C, H, W): the
+    bilinear sample at each candidate, as the warp samples it."""
+    b, h, w, k, _ = coords.shape
+    flat = weighted_sample(source, coords.reshape(b, h, w * k, 1, 2), coords.new_ones(b, h, w * k, 1))
+    return flat.view(b, source.shape[1], h, w, k).permute(0, 4, 1, 2, 3)
+
+
+class Refiner(nn.Module):
+    """Candidates (B, k, 3, H, W), their scores (B, H, W, k), the label (B, label_nc, H, W) and the
+    generator's image (B, 3, H, W) -> the refined image (B, 3, H, W), unclamped (the caller clamps)."""
+
+    def __init__(self, num_candidates: int, label_nc: int, *, width: int, temperature: float):
+        super().__init__()
+        k = num_candidates
+        self.k, self.temperature = k, temperature
+        # in: k colours, k score gaps, the label, the image; one dilated layer widens the view to 11 px
+        self.body = nn.Sequential(
+            nn.Conv2d(4 * k + label_nc + 3, width, 3, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, width, 3, padding=2, dilation=2), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(0.2))
+        self.out = nn.Conv2d(width, k + 3, 3, padding=1)  # k logit offsets, an RGB correction
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, colors: Tensor, scores: Tensor, label: Tensor, image: Tensor) -> Tensor:
+        b, k, _, h, w = colors.shape
+        if k != self.k:
+            raise ValueError(f"the refiner was built for {self.k} candidates, got {k}")
+        scores = scores.permute(0, 3, 1, 2)  # (B, k, H, W), best first
+        gaps = (scores - scores[:, :1]) * SCORE_SCALE
+        x = self.out(self.body(torch.cat([colors.reshape(b, 3 * k, h, w), gaps, label, image], dim=1)))
+        logits = scores / self.temperature
+        change = (logits + x[:, :k]).softmax(dim=1) - logits.softmax(dim=1)  # (B, k, H, W)
+        return image + (colors * change.unsqueeze(2)).sum(1) + x[:, k:]
+
+
+def refiner_inputs(exemplar: Tensor, coords: Tensor, scores: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """The finest level's candidate colours and scores at the output size (B, k, 3, H, W), (B, H, W, k):
+    sampled from the exemplar at the level's key size, then resized when the level is coarser than the
+    output (bilinear colours, nearest scores)."""
+    b, h, w, k, _ = coords.shape
+    key = resize_to(exemplar.float(), (h, w), "area")  # the finest level's key is at its query's size
+    colors = candidate_colors(key, coords)
+    if (h, w) != tuple(size):
+        colors = resize_to(colors.reshape(b, 3 * k, h, w), size, "bilinear").view(b, k, 3, *size)
+        scores = resize_to(scores.permute(0, 3, 1, 2), size, "nearest").permute(0, 2, 3, 1)
+    return colors, scores

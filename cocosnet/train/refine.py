@@ -1,0 +1,117 @@
+"""The `refine` stage's trainer: the refiner alone, on the frozen matcher and generator of the GAN stage.
+
+The refiner learns to beat the warp only from some 10^4 samples at batch 8 or more
+(docs/decisions/2026-12-06-candidate-selector.md), more than the GAN stage can afford on a CPU,
+where one GAN step costs 0.55 s a sample at 64 px against 0.02 s for the refiner. So the frozen part
+runs once per crop of a fixed pool (`refine.pool` training self pairs, one crop each), its finest
+candidates, their scores and the generated image are kept in memory, and the refiner trains on those
+for `refine.steps` steps of `refine.batch_size`. The frozen pass is deterministic (eval mode,
+PatchMatch seeded by the pool index), so a resumed run rebuilds the same cache and ends at the same
+weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import Dataset
+
+from cocosnet.config import RefineConfig
+from cocosnet.models.cocosnet import CoCosNet
+from cocosnet.models.refiner import refiner_inputs
+from cocosnet.train.schedule import lr_at
+from cocosnet.train.trainer import sample_generators
+
+
+def refine_terms(output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """(L1, L1 of the horizontal and vertical differences) of output against target, (B, 3, H, W) each.
+    The second term rewards edges where the target has them: with L1 alone the refiner first blurs, and
+    its SWD lags the warp's (docs/studies/generation.md, section 8)."""
+    edges = ((output.diff(dim=-1) - target.diff(dim=-1)).abs().mean()
+             + (output.diff(dim=-2) - target.diff(dim=-2)).abs().mean())
+    return (output - target).abs().mean(), edges
+
+
+def refine_pool(training: pd.DataFrame, cfg: RefineConfig) -> pd.DataFrame:
+    """The stage's fixed pool: `cfg.pool` training rows drawn with `cfg.seed` (all of them when fewer)."""
+    if cfg.pool >= len(training):
+        return training.reset_index(drop=True)
+    return training.sample(n=cfg.pool, random_state=cfg.seed).reset_index(drop=True)
+
+
+class RefineTrainer:
+    """Adam on `model.refiner` against the L1 to the target and to its edges (`refine.edge_weight`), the
+    learning rate decaying linearly to 0 over the run; the matcher and the generator stay frozen."""
+
+    def __init__(self, model: CoCosNet, cfg: RefineConfig, *, device: torch.device, distributed: bool = False):
+        if model.refiner is None:
+            raise ValueError("the refine stage needs a refiner: set model.refiner.width > 0")
+        self.model, self.cfg, self.device = model, cfg, device
+        model.matcher.requires_grad_(False)
+        model.generator.requires_grad_(False)
+        self.net = DDP(model.refiner) if distributed else model.refiner
+        self.opt = torch.optim.Adam(model.refiner.parameters(), lr=cfg.lr)
+        self.cache: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # pool index -> colours, scores, image
+        self.pool: Dataset | None = None  # the pool's crops, indexed by (row, 0); set by the loop
+
+    @torch.no_grad()
+    def _fill(self, b: dict) -> None:
+        """Run the frozen matcher and generator on the pool chunks holding the batch's uncached rows. The
+        chunks are fixed (`batch_size` consecutive pool rows each): a row's result must not depend on
+        which rows it was computed with, or a resumed run would differ from an uninterrupted one."""
+        if self.pool is None:
+            raise RuntimeError("RefineTrainer.pool is not set: give it the stage's pool dataset")
+        size = self.cfg.batch_size
+        for chunk in sorted({i // size for i in b["index"].tolist() if i not in self.cache}):
+            rows = range(chunk * size, min((chunk + 1) * size, len(self.pool)))
+            items = [self.pool[(r, 0)] for r in rows]
+            c = {k: torch.stack([item[k] for item in items]).to(self.device) for k in ("label", "exemplar",
+                                                                                        "exemplar_label", "index")}
+            self.model.matcher.eval()
+            self.model.generator.eval()
+            gens = sample_generators(self.cfg.seed, 0, c["index"], self.device)
+            corr = self.model.matcher(c["label"], c["exemplar"], c["exemplar_label"], generator=gens).correspondence
+            image = self.model.generate(corr.warps, c["label"])
+            colors, scores = refiner_inputs(c["exemplar"], corr.coords[-1], corr.scores[-1], tuple(image.shape[-2:]))
+            for n, index in enumerate(c["index"].tolist()):
+                self.cache[index] = (colors[n].half(), scores[n], image[n].half())
+
+    def inputs(self, b: dict) -> tuple[Tensor, Tensor, Tensor]:
+        """The cached (colours, scores, generated image) of the batch's rows, in float."""
+        self._fill(b)
+        items = [self.cache[int(i)] for i in b["index"].tolist()]
+        return tuple(torch.stack([item[n] for item in items]).float() for n in range(3))
+
+    def step(self, batch: dict, step: int) -> dict[str, float]:
+        b = {k: v.to(self.device) for k, v in batch.items()}
+        colors, scores, image = self.inputs(b)
+        self.model.refiner.train()
+        out = self.net(colors, scores, b["label"], image)  # unclamped: a clamped pixel would pass no gradient
+        l1, edges = refine_terms(out, b["image"])
+        loss = l1 + self.cfg.edge_weight * edges
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(step - 1, base=self.cfg.lr, total=self.cfg.steps, decay_start=0)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.refiner.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        return {"refine_l1": l1.item(), "refine_edges": edges.item(), "base_l1": (image - b["image"]).abs().mean().item()}
+
+    @torch.no_grad()
+    def sample(self, batch: dict, step: int) -> tuple[list[Tensor], Tensor | None]:
+        b = {k: v.to(self.device) for k, v in batch.items()}
+        gen = torch.Generator(device=self.device).manual_seed(step)
+        out = self.model(b["label"], b["exemplar"], b["exemplar_label"], generator=gen)
+        return out.correspondence.warps, out.image
+
+    def final_model(self) -> CoCosNet:
+        return self.model
+
+    def state_dict(self) -> dict:
+        return {"opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["opt"])

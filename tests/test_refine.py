@@ -1,0 +1,184 @@
+"""The refiner (models/refiner.py) and the refine stage (train/refine.py)."""
+
+import dataclasses
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from cocosnet.models.cocosnet import CoCosNet
+from cocosnet.models.refiner import Refiner, candidate_colors, refiner_inputs
+from cocosnet.train.checkpoint import list_checkpoints, load_checkpoint
+from cocosnet.train.inputs import STAGES
+from cocosnet.train.loop import RunPaths, run_training
+from cocosnet.train.refine import refine_terms
+from tests.helpers import CPU, prepare_data, state, tiny_training_config
+
+
+@pytest.fixture(scope="module")
+def data(tiny_raw, tmp_path_factory):
+    processed = tmp_path_factory.mktemp("processed")
+    prepare_data(tiny_raw, processed)
+    return tiny_raw, processed
+
+
+def train(cfg, stage, processed, out, init=None):
+    paths = RunPaths(ckpt_dir=out / "ckpt", out_model=out / "model.pt", reports=out / "reports", init=init)
+    return run_training(cfg, STAGES[stage], pd.read_parquet(processed / "pairs.parquet"), paths, info=CPU,
+                        show_progress=False)
+
+
+def _candidates(b=2, k=4, h=6, w=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    colors = torch.rand(b, k, 3, h, w, generator=g) * 2 - 1
+    scores = torch.rand(b, h, w, k, generator=g).sort(dim=-1, descending=True).values
+    label = torch.rand(b, 20, h, w, generator=g)
+    return colors, scores, label
+
+
+def test_an_untrained_refiner_returns_its_input_and_its_gradient_reaches_the_last_layer():
+    colors, scores, label = _candidates()
+    image = torch.rand(2, 3, 6, 5) * 2 - 1
+    refiner = Refiner(4, 20, width=8, temperature=0.01)
+    out = refiner(colors, scores, label, image)
+    assert torch.equal(out, image)
+    (out - image.flip(0)).abs().mean().backward()
+    assert refiner.out.weight.grad.abs().sum() > 0 and refiner.out.bias.grad.abs().sum() > 0
+
+
+def test_the_refiner_can_pick_any_candidate_and_correct_the_colour():
+    """Starting from the matcher's softmax warp, a large logit offset for candidate j returns that candidate's
+    colours, and the RGB channels add a colour shift."""
+    colors, scores, label = _candidates()
+    warp = (colors * (scores.permute(0, 3, 1, 2) / 0.01).softmax(1).unsqueeze(2)).sum(1)
+    refiner = Refiner(4, 20, width=8, temperature=0.01)
+    with torch.no_grad():
+        refiner.out.bias[2] = 1e4  # candidate 2 wins everywhere
+    torch.testing.assert_close(refiner(colors, scores, label, warp), colors[:, 2], atol=1e-5, rtol=0)
+    with torch.no_grad():
+        refiner.out.bias[2] = 0.0
+        refiner.out.bias[4:] = torch.tensor([0.1, -0.2, 0.3])
+    torch.testing.assert_close(refiner(colors, scores, label, warp) - warp,
+                               torch.tensor([0.1, -0.2, 0.3]).view(1, 3, 1, 1).expand_as(warp), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="built for 4 candidates, got 3"):
+        refiner(colors[:, :3], scores[..., :3], label, warp)
+
+
+def test_candidate_colours_sample_each_position_and_are_resized_to_the_output():
+    source = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).view(2, 3, 4, 5)
+    coords = torch.zeros(2, 4, 5, 2, 2)
+    coords[..., 0, :] = torch.tensor([1.0, 2.0])  # (x, y)
+    coords[..., 1, :] = torch.tensor([4.0, 0.0])
+    colors = candidate_colors(source, coords)
+    assert colors.shape == (2, 2, 3, 4, 5)
+    assert torch.equal(colors[:, 0, :, 0, 0], source[:, :, 2, 1]) and torch.equal(colors[:, 1, :, 3, 3], source[:, :, 0, 4])
+    scores = torch.rand(2, 4, 5, 2)
+    big_colors, big_scores = refiner_inputs(source, coords, scores, (8, 10))
+    assert big_colors.shape == (2, 2, 3, 8, 10) and big_scores.shape == (2, 8, 10, 2)
+    assert torch.equal(big_scores[:, ::2, ::2], scores)
+
+
+def test_the_refine_terms_are_zero_only_at_the_target_and_the_edge_term_ignores_a_constant_shift():
+    target = torch.rand(2, 3, 6, 5) * 2 - 1
+    assert all(t.item() == 0 for t in refine_terms(target, target))
+    l1, edges = refine_terms(target + 0.1, target)
+    assert l1.item() == pytest.approx(0.1) and edges.item() == pytest.approx(0.0, abs=1e-6)
+    blurred = target.mean(dim=(-2, -1), keepdim=True).expand_as(target)  # the flattest image
+    assert refine_terms(blurred, target)[1] > 0.1
+
+
+def test_model_refiner_width_zero_is_the_model_without_a_refiner(data):
+    """An untrained refiner changes nothing: the model with one computes what the model without one does."""
+    raw, processed = data
+    cfg = tiny_training_config(raw, processed, crop=32)
+    torch.manual_seed(0)
+    with_refiner = CoCosNet.from_config(cfg).eval()
+    off = dataclasses.replace(cfg.model, refiner=dataclasses.replace(cfg.model.refiner, width=0))
+    without = CoCosNet(off).eval()
+    assert without.refiner is None and not any(k.startswith("refiner.") for k in without.state_dict())
+    without.load_state_dict({k: v for k, v in with_refiner.state_dict().items() if not k.startswith("refiner.")})
+    g = torch.Generator().manual_seed(1)
+    label, exemplar = torch.rand(2, 20, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    a = with_refiner(label, exemplar, label.flip(0), generator=torch.Generator().manual_seed(2)).image
+    b = without(label, exemplar, label.flip(0), generator=torch.Generator().manual_seed(2)).image
+    assert torch.equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def gan_model(data, tmp_path_factory):
+    """A tiny pretrain + GAN run; its model file starts the refine runs below."""
+    raw, processed = data
+    cfg = tiny_training_config(raw, processed)
+    cfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, steps=1),
+                              train=dataclasses.replace(cfg.train, steps=1))
+    out = tmp_path_factory.mktemp("gan")
+    train(cfg, "pretrain", processed, out / "pre")
+    train(cfg, "train", processed, out / "gan", init=out / "pre" / "model.pt")
+    return cfg, out / "gan" / "model.pt"
+
+
+def test_the_gan_stage_builds_no_refiner_and_does_not_read_its_settings(gan_model):
+    cfg, path = gan_model
+    saved = load_checkpoint(path)
+    assert not any(k.startswith("refiner.") for k in saved["model"])
+    assert saved["config"]["model"]["refiner"]["width"] == 0 and cfg.model.refiner.width == 8
+    assert not any(k.startswith(("model.refiner", "refine.")) for k in saved["inputs"]["params"])
+
+
+def _refine(cfg, steps, **extra):
+    return dataclasses.replace(cfg, refine=dataclasses.replace(cfg.refine, steps=steps, **extra))
+
+
+def test_the_refine_stage_trains_only_the_refiner_and_a_killed_run_resumes_exactly(data, gan_model, tmp_path):
+    raw, processed = data
+    cfg, init = gan_model
+    gan = load_checkpoint(init)["model"]
+    metrics, straight = train(_refine(cfg, 4), "refine", processed, tmp_path / "straight", init=init)
+    assert set(metrics) == {"refine_l1", "refine_edges", "base_l1"}
+    refined = state(straight)
+    for key, value in gan.items():  # the matcher and the generator are the GAN stage's, unchanged
+        assert torch.equal(refined[key], value), key
+    assert refined["refiner.out.weight"].abs().sum() > 0  # trained: it started at zero
+    ckpt = load_checkpoint(list_checkpoints(tmp_path / "straight" / "ckpt")[-1])
+    assert ckpt["stage"] == "refine" and set(ckpt["trainer"]) == {"opt"}
+    assert "refine.lr" in ckpt["inputs"]["params"] and "model.refiner.width" in ckpt["inputs"]["params"]
+    assert (tmp_path / "straight" / "reports" / "losses.tsv").read_text().startswith("step\trefine_l1\trefine_edges\tbase_l1")
+
+    # a run killed after step 3: its step-4 checkpoint and its model never written
+    out = tmp_path / "killed"
+    shutil.copytree(tmp_path / "straight", out)
+    for path in list_checkpoints(out / "ckpt")[1:]:
+        path.unlink()
+    (out / "model.pt").unlink()
+    assert [load_checkpoint(p)["step"] for p in list_checkpoints(out / "ckpt")] == [3]
+    _, resumed = train(_refine(cfg, 4), "refine", processed, out, init=init)
+    for key, value in refined.items():  # the cache rebuilt after the resume holds the same candidates
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_the_refine_pool_is_fixed_and_its_settings_change_the_result(data, gan_model, tmp_path):
+    raw, processed = data
+    cfg, init = gan_model
+    _, base = train(_refine(cfg, 3), "refine", processed, tmp_path / "base", init=init)
+    for name, change in {"lr": {"lr": cfg.refine.lr * 10}, "pool": {"pool": 2}, "grad_clip": {"grad_clip": 1e-6},
+                         "edge_weight": {"edge_weight": 0.0}}.items():
+        _, other = train(_refine(cfg, 3, **change), "refine", processed, tmp_path / name, init=init)
+        assert not torch.equal(other.refiner.out.weight, base.refiner.out.weight), name
+
+
+def test_no_refinement_writes_the_gan_model_with_the_stage_outputs(data, gan_model, tmp_path):
+    raw, processed = data
+    cfg, init = gan_model
+    for name, run_cfg in {"steps0": _refine(cfg, 0),
+                          "width0": dataclasses.replace(cfg, model=dataclasses.replace(
+                              cfg.model, refiner=dataclasses.replace(cfg.model.refiner, width=0)))}.items():
+        _, model = train(run_cfg, "refine", processed, tmp_path / name, init=init)
+        written = load_checkpoint(tmp_path / name / "model.pt")
+        assert written["stage"] == "refine" and written["step"] == 0
+        gan = load_checkpoint(init)["model"]
+        assert all(torch.equal(written["model"][k], v) for k, v in gan.items())
+        assert not list_checkpoints(tmp_path / name / "ckpt")
+        reports = tmp_path / name / "reports"
+        assert (reports / "losses.tsv").read_text() == "step\n" and (reports / "losses.png").stat().st_size > 0
+        assert [p.name for p in (reports / "samples").iterdir()] == ["step-000000.png"]
