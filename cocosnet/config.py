@@ -172,10 +172,11 @@ class LossWeights:
 # Keys added after model files were first written, with the value that reproduces the older code
 # (the official behaviour); `saved_config` fills them into a config read from such a file.
 ADDED_KEYS = {"model.generator.warp_skip": "none", "loss_weights.recon": 0.0, "loss_weights.rank": 0.0,
-              "loss_weights.rank_truth": 0.0, "model.refiner": {"width": 0},
-              "refine": {"steps": 0, "batch_size": 8, "lr": 1.0e-3, "edge_weight": 1.0, "pool": 800, "grad_clip": 0.0,
-                         "checkpoint_every": 100, "keep_last": 2, "log_every": 10, "sample_every": 200,
-                         "workers": 0, "seed": 1234}}
+              "loss_weights.rank_truth": 0.0, "model.refiner.width": 0,
+              **{f"refine.{k}": v for k, v in {
+                  "steps": 0, "batch_size": 8, "lr": 1.0e-3, "edge_weight": 3.0, "pool": 400, "grad_clip": 0.0,
+                  "checkpoint_every": 100, "keep_last": 2, "log_every": 10, "sample_every": 500, "workers": 0,
+                  "seed": 1234}.items()}}
 
 
 @dataclass(frozen=True)
@@ -365,17 +366,18 @@ def checked(section: Any, prefix: str) -> Any:
 
 def saved_config(raw: dict) -> dict:
     """A config recorded in a model file or checkpoint, with the keys added since (ADDED_KEYS) set to
-    the values its code had."""
+    the values its code had (a section added since is created)."""
     out = copy.deepcopy(raw)
     for key, value in ADDED_KEYS.items():
         *parents, last = key.split(".")
         node = out
         for p in parents:
-            if not isinstance(node.get(p), dict):
+            node.setdefault(p, {})
+            if not isinstance(node[p], dict):
                 break
             node = node[p]
         else:
-            node.setdefault(last, copy.deepcopy(value))
+            node.setdefault(last, value)
     return out
 
 

@@ -96,10 +96,12 @@ def test_a_config_saved_before_the_added_keys_loads_with_their_official_values()
     raw = dataclasses.asdict(tiny_config())
     del raw["model"]["generator"]["warp_skip"]
     del raw["loss_weights"]["recon"]
+    del raw["model"]["refiner"], raw["refine"]
     with pytest.raises(ConfigError, match="missing key"):
         config_from_dict(raw)  # params.yaml itself must still name every key
     cfg = config_from_dict(saved_config(raw))
     assert cfg.model.generator.warp_skip == "none" and cfg.loss_weights.recon == 0.0
+    assert cfg.model.refiner.width == 0 and cfg.refine.steps == 0  # no refiner: the official model
     assert set(ADDED_KEYS) <= set(flatten(dataclasses.asdict(cfg)))
     current = dataclasses.asdict(with_skip(tiny_config(), "blend"))
     assert saved_config(current) == current  # a key present is never overwritten
