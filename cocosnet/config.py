@@ -233,7 +233,8 @@ class TrainConfig:
 @dataclass(frozen=True)
 class RefineConfig:
     """The refiner alone on the frozen matcher and generator of the GAN stage, on a fixed pool of
-    training crops whose candidates are computed once (cocosnet/train/refine.py). Adam, L1 to the target."""
+    training crops whose candidates are computed once (cocosnet/train/refine.py). Adam, L1 to the target
+    plus `edge_weight` x the L1 of its image differences, the learning rate decaying linearly to 0."""
 
     steps: int = check(0)  # 0 = no refinement: the stage writes the GAN stage's model
     batch_size: int = check(1)
