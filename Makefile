@@ -16,10 +16,9 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PREFECT_LOGGING_LEVEL := WARNING
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
-export GLOO_SOCKET_IFNAME := lo
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: pipeline test venv dag bench flow mlflow-ui compare study study-gan
+.PHONY: pipeline test venv dag bench flow mlflow-ui mlflow-server compare study study-gan
 
 venv: $(STAMP)
 
@@ -63,6 +62,14 @@ compare: $(STAMP)
 
 flow: $(STAMP)
 	$(PY) -m pipelines.flow
+
+# A tracking server for a team (docs/scale.md): a SQL backend store (PostgreSQL for a team:
+# MLFLOW_BACKEND_STORE=postgresql+psycopg2://user@host/db) and the artifacts served through it.
+# Runs then log to it with MLFLOW_TRACKING_URI=http://<host>:<port>.
+mlflow-server: $(STAMP)
+	$(VENV)/bin/mlflow server --host $${MLFLOW_HOST:-127.0.0.1} --port $${MLFLOW_PORT:-5000} --workers 1 \
+		--backend-store-uri $${MLFLOW_BACKEND_STORE:-sqlite:///$(CURDIR)/mlflow-server.db} \
+		--artifacts-destination $${MLFLOW_ARTIFACTS:-$(CURDIR)/mlflow-artifacts}
 
 mlflow-ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri $(MLFLOW_TRACKING_URI)

@@ -30,8 +30,10 @@ def run_evaluation(cfg: Config, model_path: Path, reports: Path, outputs: Path) 
     pairs = pd.read_parquet(Path(cfg.data.processed) / "pairs.parquet")
     eval_dir = reports / "eval"
     with Tracker(cfg, "evaluate", device=str(device)) as tracker:
+        fingerprint = sha256_file(model_path)
+        tracker.tag_model(fingerprint, ckpt.get("inputs"), link=True)
         metrics, grids = evaluate(cfg, trained, untrained, pairs, device=device, outputs=outputs,
-                                  fingerprint=sha256_file(model_path))
+                                  fingerprint=fingerprint)
         metrics["vgg_weights"] = cfg.vgg.weights
         figures: dict = {}
         if "correspondence" in metrics:

@@ -6,12 +6,17 @@ reports/study/runs/ (gan_runs/) as <name>.json and skipped by the next call; a k
 from its checkpoints. At the end (and after every run) it writes reports/study/correspondence.json
 and .png, or generation.json and the `full` run's sample grid.
 
-    python -m stages.study [--gan] [--only full,no_gru] [--report-only] [--dry-run]
+    python -m stages.study [--gan [--keep-pretrain]] [--only full,no_gru] [--report-only] [--dry-run]
+
+`--keep-pretrain` runs the generation study on study/models/pretrain.pt as it is, stale or not
+(`dvc exp run study/dvc.yaml:train --downstream`: train, refine, evaluate), so that its runs share
+one correspondence model; each run's file records that model's md5.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import subprocess
 import sys
@@ -27,6 +32,7 @@ from cocosnet.study import StudyRun, gan_run_result, gan_summary, is_finished, r
 
 PARAMS = Path("study/params.yaml")
 PIPELINE = Path("study/dvc.yaml")
+PRETRAIN = Path("study/models/pretrain.pt")  # the correspondence model every GAN run starts from
 REPORTS = Path("reports/study")
 
 
@@ -74,13 +80,13 @@ def _overridden(run: StudyRun, params: dict, key: str):
     return node
 
 
-def run_one(study: Study, run: StudyRun, dvc: str) -> float:
-    """One `dvc exp run` of the study's target in the workspace; study/params.yaml is restored afterwards.
-    Returns minutes."""
+def run_one(study: Study, run: StudyRun, dvc: str, keep_pretrain: bool = False) -> float:
+    """One `dvc exp run` of the study's target in the workspace (with `keep_pretrain`, the GAN
+    stage and what follows it only); study/params.yaml is restored afterwards. Returns minutes."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     prefix = "study" if study is CORRESPONDENCE else "study-gan"
-    cmd = [dvc, "exp", "run", f"{PIPELINE}:{study.target}", "--name", f"{prefix}-{run.name}-{stamp}",
-           *run.cli(str(PARAMS))]
+    target = [f"{PIPELINE}:train", "--downstream"] if keep_pretrain else [f"{PIPELINE}:{study.target}"]
+    cmd = [dvc, "exp", "run", *target, "--name", f"{prefix}-{run.name}-{stamp}", *run.cli(str(PARAMS))]
     print("study: " + " ".join(cmd), flush=True)
     original = PARAMS.read_text(encoding="utf-8")
     # The stages run `python`: the interpreter of this venv, as under `make`.
@@ -99,12 +105,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gan", action="store_true", help="the generation study (study/gan_runs.yaml)")
     parser.add_argument("--only", default="", help="comma-separated run names (default: every run)")
+    parser.add_argument("--keep-pretrain", action="store_true",
+                        help="with --gan: train from study/models/pretrain.pt as it is, even if its stage is stale")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the summary")
     parser.add_argument("--dry-run", action="store_true", help="list what would run")
     beside = Path(sys.executable).with_name("dvc")  # the venv's dvc, whatever PATH says
     parser.add_argument("--dvc", default=str(beside) if beside.exists() else "dvc")
     args = parser.parse_args()
     study = GENERATION if args.gan else CORRESPONDENCE
+    if args.keep_pretrain and not args.gan:
+        sys.exit("error: --keep-pretrain is for the generation study (--gan); the correspondence study trains pretrain")
     try:
         runs = read_runs(study.runs)
     except ConfigError as exc:
@@ -127,7 +137,7 @@ def main() -> None:
             print(f"study: {r.name} was finished meanwhile; kept", flush=True)
             continue
         try:
-            minutes = run_one(study, r, args.dvc)
+            minutes = run_one(study, r, args.dvc, keep_pretrain=args.keep_pretrain)
         except FileNotFoundError:
             sys.exit(f"error: {args.dvc} not found; install the project (make venv) or pass --dvc")
         except subprocess.CalledProcessError as exc:
@@ -137,7 +147,10 @@ def main() -> None:
                      f"{out['missing']})")
         if study is GENERATION and r.name == "full":
             atomic_write(REPORTS / "generation_samples.png", GAN_GRID.read_bytes())
-        atomic_write_json(result_path(study.results, r), study.result(r, minutes))
+        result = study.result(r, minutes)
+        if study is GENERATION:
+            result["pretrain_md5"] = hashlib.md5(PRETRAIN.read_bytes()).hexdigest()
+        atomic_write_json(result_path(study.results, r), result)
         out = study.write_summary(runs)
         print(f"study: {r.name} done in {minutes:.1f} min; still to run: {out['missing']}", flush=True)
     study.write_summary(runs)

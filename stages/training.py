@@ -8,7 +8,9 @@ from pathlib import Path
 import pandas as pd
 
 from cocosnet.config import Config
+from cocosnet.io import sha256_file
 from cocosnet.tracking import Tracker
+from cocosnet.train.checkpoint import load_checkpoint
 from cocosnet.train.distributed import setup, teardown
 from cocosnet.train.inputs import StageSpec
 from cocosnet.train.loop import RunPaths, run_training
@@ -35,6 +37,7 @@ def train_stage(cfg: Config, spec: StageSpec, paths: RunPaths, *, across_code_ch
                 for name in ("losses.tsv", "losses.png"):
                     tracker.log_artifact(paths.reports / name, "plots")
                 tracker.log_artifact(paths.out_model, "model")
+                tracker.tag_model(sha256_file(paths.out_model), load_checkpoint(paths.out_model).get("inputs"))
                 print(f"{spec.name}: done -> {paths.out_model} {metrics}")
     finally:
         teardown()

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from cocosnet.config import load_config
-from cocosnet.tracking import PIPELINE_ENV, Tracker
+from cocosnet.tracking import DVC_EXP_ENV, PIPELINE_ENV, Tracker, model_tags
 from tests.helpers import ROOT
 
 
@@ -36,18 +36,54 @@ def test_stage_runs_nest_under_the_pipeline_run(tmp_path, monkeypatch):
     assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5)]
 
 
-def test_an_unreachable_server_only_warns(monkeypatch):
+def test_a_dvc_experiment_gets_a_parent_run_named_after_it_and_evaluate_finds_the_model_run(tmp_path, monkeypatch):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv(PIPELINE_ENV, raising=False)
+    monkeypatch.setenv(DVC_EXP_ENV, "exp-abc")
+    cfg = load_config(ROOT / "params.yaml")
+    with Tracker(cfg, "train", device="cpu") as train:
+        train.tag_model("f00d", {"stage": "train", "params": {}})
+    with Tracker(cfg, "evaluate", device="cpu") as evaluate:
+        evaluate.tag_model("f00d", {"stage": "train", "params": {}}, link=True)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    parent = client.get_run(train.parent_id)
+    assert parent.info.run_name == "dvc exp exp-abc" and parent.data.tags["dvc_experiment"] == "exp-abc"
+    assert evaluate.parent_id == train.parent_id
+    tags = client.get_run(evaluate.run_id).data.tags
+    assert tags["model_run_id"] == train.run_id and tags["model_run_stage"] == "train"
+    assert tags["dvc_experiment"] == "exp-abc" and tags["model_sha256"] == "f00d"
+
+
+def test_an_unreachable_server_queues_the_calls_and_gives_up_only_at_the_end(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     cfg = load_config(ROOT / "params.yaml")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with Tracker(cfg, "train", device="cpu") as t:
+        with Tracker(cfg, "train", device="cpu", flush_timeout=1.5) as t:
             t.log_metrics({"loss": 1.0}, step=1)
+            t.log_metrics({"loss": 0.5, "lr": 1e-4}, step=2)
             t.log_artifact(Path(__file__))
+            assert t.enabled and t.pending == 3  # held for a retry, not dropped
     assert not t.enabled
-    assert sum("MLflow" in str(w.message) for w in caught) == 1
+    messages = [str(w.message) for w in caught if "MLflow" in str(w.message)]
+    assert len(messages) == 2 and "queued and retried" in messages[0]
+    assert "3 metric values and 4 queued calls" in messages[1]  # the end call is queued too
+
+
+def test_model_tags_tie_a_model_file_to_what_it_was_trained_from():
+    inputs = {"stage": "train", "params": {"a": 1}, "pairs": "p1", "data": "d1", "files": {"init": "i1", "vgg": None},
+              "code": {"x.py": "c1"}}
+    tags = model_tags("m1", inputs)
+    assert tags["model_sha256"] == "m1" and tags["trained_by_stage"] == "train"
+    assert tags["inputs.pairs_sha256"] == "p1" and tags["inputs.file.init_sha256"] == "i1"
+    changed = model_tags("m1", {**inputs, "params": {"a": 2}})
+    assert changed["inputs.params_sha256"] != tags["inputs.params_sha256"]
+    assert changed["inputs_sha256"] != tags["inputs_sha256"] and changed["inputs.code_sha256"] == tags["inputs.code_sha256"]
+    assert model_tags("m2", None) == {"model_sha256": "m2"}
 
 
 @pytest.fixture(scope="module")
