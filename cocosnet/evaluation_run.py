@@ -10,9 +10,10 @@ import torch
 from cocosnet.config import Config
 from cocosnet.evaluate import evaluate
 from cocosnet.io import atomic_save, atomic_write_json, sha256_file
-from cocosnet.metrics.schema import flat_metrics
+from cocosnet.metrics.schema import flat_metrics, losses_to_baselines
 from cocosnet.models.cocosnet import CoCosNet
 from cocosnet.report import correspondence_plot, loss_plot, read_losses, write_report
+from cocosnet.serving import log_pyfunc
 from cocosnet.tracking import Tracker
 from cocosnet.train.checkpoint import load_model
 
@@ -61,7 +62,11 @@ def run_evaluation(cfg: Config, model_path: Path, reports: Path, outputs: Path) 
                            "ref pairs": metrics["ref_pairs"], "JPEG quality": cfg.eval.jpeg_quality})
         atomic_write_json(reports / "metrics.json", metrics)
         tracker.log_metrics(flat_metrics(metrics), step=0)
-        tracker.set_tags({"fid": "unavailable" if "unavailable" in metrics["fid"] else "computed"})
+        lost = losses_to_baselines(metrics)
+        tracker.set_tags({"fid": "unavailable" if "unavailable" in metrics["fid"] else "computed",
+                          "beats_baselines": str(not lost).lower(), "loses_to": "; ".join(lost) or "none"})
+        # Registered only when it beats its baselines (losses_to_baselines, docs/scale.md).
+        tracker.log_model(model_path, log_pyfunc, registered_name=None if lost else f"cocosnet-{cfg.profile}")
         tracker.log_artifact(reports / "metrics.json")
         for path in [eval_dir / "report.html", *figures.values(), *grid_files.values()]:
             tracker.log_artifact(path, "eval")

@@ -228,6 +228,7 @@ class Tracker:
                 self.parent_id = client.create_run(self.experiment_id, tags=parent_tags, run_name=name).info.run_id
         if self.parent_id:
             tags["mlflow.parentRunId"] = self.parent_id
+            tags["pipeline"] = pipeline  # the parent's `pipeline_run`, on the stage run (make compare shows it)
         run_id = client.create_run(self.experiment_id, tags=tags, run_name=self.stage).info.run_id
         params = [Param(k, str(v)) for k, v in flatten(asdict(self.cfg)).items()]
         for i in range(0, len(params), 100):
@@ -282,6 +283,8 @@ class Tracker:
         elif op[0] == "artifact":
             if Path(op[1]).exists():  # a sample deleted meanwhile (keep_last) has nothing to send
                 client.log_artifact(self.run_id, str(op[1]), op[2])
+        elif op[0] == "model":
+            self._log_model(*op[1:])
         elif op[0] == "link":
             self._link_model_run(op[1])
         elif op[0] == "end":
@@ -289,6 +292,17 @@ class Tracker:
             if op[2] and self.parent_id:
                 client.set_terminated(self.parent_id, op[2])
         self._pop_front()
+
+    def _log_model(self, model_file: Path, registered_name: str | None, log_model) -> None:
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        with mlflow.start_run(run_id=self.run_id):
+            info = log_model(model_file, registered_name=registered_name)
+        self._client.set_tag(self.run_id, "pyfunc_model_uri", info.model_uri)
+        if registered_name:
+            self._client.set_tag(self.run_id, "registered_model",
+                                 f"{registered_name} version {info.registered_model_version}")
 
     def _link_model_run(self, sha256: str) -> None:
         """Tag this run with the run that logged the model file it read (same `model_sha256`), if any."""
@@ -318,6 +332,12 @@ class Tracker:
         self.set_tags(model_tags(sha256, inputs))
         if link:
             self._enqueue(("link", sha256))
+
+    def log_model(self, model_file: Path, log_model, *, registered_name: str | None = None) -> None:
+        """`log_model(model_file, registered_name=...)` (cocosnet.serving.log_pyfunc: an MLflow pyfunc
+        model under `model/`) in this run, registered as a new version of `registered_name` if given.
+        The caller passes it so that only the stage that logs models imports the serving code."""
+        self._enqueue(("model", Path(model_file), registered_name, log_model))
 
     def __exit__(self, exc_type, exc, tb) -> None:
         status = "FINISHED" if exc_type is None else "FAILED"

@@ -22,9 +22,13 @@ CPU = DistInfo(rank=0, world=1, device=torch.device("cpu"))
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny_training_config(raw_root: Path, processed: Path, crop: int = 64, **train_overrides):
-    """crop 64 for GAN training (the 4-layer discriminator needs it); 32 is enough for pretraining."""
+def tiny_params(raw_root: Path | str, processed: Path | str, crop: int = 64, **train_overrides) -> dict:
+    """params.yaml (as a dict) with the tiny sizes of the tests: the synthetic set of TINY, small
+    widths, 4 steps per stage at batch 2."""
     raw = read_yaml(ROOT / "params.yaml")
+    raw["synthetic"].update(num_identities=TINY.num_identities, views_per_identity=TINY.views_per_identity,
+                            image_width=TINY.image_width, image_height=TINY.image_height,
+                            val_fraction=TINY.val_fraction, jpeg_quality=TINY.jpeg_quality, seed=TINY.seed)
     raw["data"].update(root=str(raw_root), processed=str(processed), load_size=72, crop_size=crop, workers=1)
     raw["model"]["align"].update(widths=[16, 16, 8, 8], match_channels=8, spade_hidden=8)
     raw["model"]["correspondence"].update(num_candidates=[4, 4, 4], iters=[2, 2, 2], handed_down=[4, 4, 4], gru_hidden=8)
@@ -37,7 +41,12 @@ def tiny_training_config(raw_root: Path, processed: Path, crop: int = 64, **trai
     raw["refine"].update(pool=6)
     raw["train"].update(train_overrides)
     raw["eval"].update(max_pairs=4, batch_size=2)
-    return config_from_dict(raw)
+    return raw
+
+
+def tiny_training_config(raw_root: Path, processed: Path, crop: int = 64, **train_overrides):
+    """crop 64 for GAN training (the 4-layer discriminator needs it); 32 is enough for pretraining."""
+    return config_from_dict(tiny_params(raw_root, processed, crop, **train_overrides))
 
 
 def prepare_data(raw_root: Path, processed: Path) -> None:
@@ -169,3 +178,55 @@ def stop_process_group(proc, timeout: float = 20) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=timeout)
+
+
+def tiny_model_file(folder: Path) -> Path:
+    """An untrained tiny model file (32 px), seeded."""
+    from dataclasses import asdict
+
+    from cocosnet.models.cocosnet import CoCosNet
+    from cocosnet.train.checkpoint import save_model
+
+    cfg = tiny_training_config(folder, folder, crop=32)
+    torch.manual_seed(0)
+    path = folder / "model.pt"
+    save_model(path, CoCosNet.from_config(cfg), config=asdict(cfg), stage="train", step=0, inputs={})
+    return path
+
+
+def tiny_photos(tiny_raw: Path, folder: Path) -> list[tuple[Path, Path, tuple[int, int]]]:
+    """Two synthetic photos of one person as PNG, with OpenPose JSON in photo pixels: (photo, pose, size)."""
+    from PIL import Image
+
+    from cocosnet.data.keypoints import frame_to_photo, read_keypoints, write_openpose_json
+
+    views = sorted((tiny_raw / "img").rglob("*.jpg"))[:2]
+    out = []
+    for i, image in enumerate(views):
+        rel = image.relative_to(tiny_raw / "img").with_suffix("")
+        frame_kp = read_keypoints(tiny_raw / "pose" / f"{rel}_candidate.txt")
+        photo = Image.open(image)
+        path = folder / f"person{i}.png"
+        photo.save(path)
+        pose = folder / f"person{i}.json"
+        write_openpose_json(frame_to_photo(frame_kp, photo.size), pose)
+        out.append((path, pose, photo.size))
+    return out
+
+
+def copy_checkout(dest: Path, sh) -> None:
+    """This checkout's files (tracked, and new ones git does not ignore) as a fresh git repository;
+    `sh(*cmd, cwd=...)` runs the git commands."""
+    import shutil
+    import subprocess
+
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True,
+                            check=True).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    sh("git", "init", "-q", "-b", "main", cwd=dest)
+    sh("git", "add", "-A", cwd=dest)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy", cwd=dest)

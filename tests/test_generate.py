@@ -2,7 +2,6 @@
 
 import csv
 import json
-from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -10,38 +9,18 @@ import torch
 from PIL import Image
 
 from cocosnet.cli import main as cli
-from cocosnet.data.keypoints import frame_to_photo, read_keypoints, write_openpose_json
-from cocosnet.models.cocosnet import CoCosNet
-from cocosnet.train.checkpoint import save_model
-from tests.helpers import png_header, tiny_training_config
+from cocosnet.data.keypoints import write_openpose_json
+from tests.helpers import png_header, tiny_model_file, tiny_photos
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    cfg = tiny_training_config(folder, folder, crop=32)
-    torch.manual_seed(0)
-    path = folder / "model.pt"
-    save_model(path, CoCosNet.from_config(cfg), config=asdict(cfg), stage="train", step=0, inputs={})
-    return path
+    return tiny_model_file(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")
 def photos(tiny_raw, tmp_path_factory):
-    """Two synthetic photos of one person, cropped to an odd aspect, with OpenPose JSON in photo pixels."""
-    folder = tmp_path_factory.mktemp("photos")
-    views = sorted((tiny_raw / "img").rglob("*.jpg"))[:2]
-    out = []
-    for i, image in enumerate(views):
-        rel = image.relative_to(tiny_raw / "img").with_suffix("")
-        frame_kp = read_keypoints(tiny_raw / "pose" / f"{rel}_candidate.txt")
-        photo = Image.open(image)
-        path = folder / f"person{i}.png"
-        photo.save(path)
-        pose = folder / f"person{i}.json"
-        write_openpose_json(frame_to_photo(frame_kp, photo.size), pose)
-        out.append((path, pose, photo.size))
-    return out
+    return tiny_photos(tiny_raw, tmp_path_factory.mktemp("photos"))
 
 
 def run(*args):

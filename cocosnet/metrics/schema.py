@@ -55,6 +55,25 @@ def higher_is_better(name: str) -> bool:
     return better(name) == "higher"
 
 
+def losses_to_baselines(metrics: dict) -> list[str]:
+    """Where a baseline scores at least as well as the model, as `<metric> vs <baseline>`: the paired
+    metrics (val self pairs) against every baseline, and the set metrics (SWD, FID) against the finest
+    warp. The copied exemplar is left out of the set metrics: it is a real photo, so its realism is a
+    photo's, in the wrong pose. Empty when the model beats them all: the evaluate stage registers a
+    model in MLflow only then (docs/scale.md)."""
+    lost = []
+    groups = [(metrics.get("paired", {}).get(name, {}), name, direction, BASELINES) for name, direction in PAIRED.items()]
+    groups += [(metrics.get(name, {}), name, direction, ("finest_warp",)) for name, direction in SET.items()]
+    for scores, name, direction, baselines in groups:
+        if "model" not in scores:
+            continue
+        for who in baselines:
+            if who in scores and not (scores["model"] < scores[who] if direction == "lower"
+                                      else scores["model"] > scores[who]):
+                lost.append(f"{name} vs {who}")
+    return lost
+
+
 def flat_metrics(metrics: dict) -> dict[str, float]:
     """The numeric leaves of metrics.json as MLflow metric names (dots kept, levels as `level<N>`,
     SWD resolutions as `<N>px`)."""
