@@ -13,12 +13,11 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME := $(CURDIR)/.prefect
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
-export PREFECT_LOGGING_LEVEL := WARNING
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: pipeline test venv dag bench flow mlflow-ui mlflow-server compare study study-gan
+.PHONY: pipeline test venv dag bench flow mlflow-ui mlflow-server prefect-server deploy worker push pull compare study study-gan
 
 venv: $(STAMP)
 
@@ -62,6 +61,23 @@ compare: $(STAMP)
 
 flow: $(STAMP)
 	$(PY) -m pipelines.flow
+
+# Data and models through the DVC remote this checkout names as default (docs/scale.md).
+push: $(STAMP)
+	$(VENV)/bin/dvc push
+
+pull: $(STAMP)
+	$(VENV)/bin/dvc pull
+
+# Prefect for a team (docs/scale.md): a server, the flow deployed on a process work pool, a worker.
+prefect-server: $(STAMP)
+	$(VENV)/bin/prefect server start --host $${PREFECT_HOST:-127.0.0.1} --port $${PREFECT_PORT:-4200}
+
+deploy: $(STAMP)
+	$(PY) -m pipelines.deploy $(ARGS)
+
+worker: $(STAMP)
+	$(VENV)/bin/prefect worker start --pool $${POOL:-cocosnet}
 
 # A tracking server for a team (docs/scale.md): a SQL backend store (PostgreSQL for a team:
 # MLFLOW_BACKEND_STORE=postgresql+psycopg2://user@host/db) and the artifacts served through it.

@@ -1,11 +1,12 @@
 """MLflow tracking (nested runs, params, metrics; a dead server never stops training) and the Prefect flow."""
 
+import sys
 import warnings
 from pathlib import Path
 
 import pytest
 
-from cocosnet.config import load_config
+from cocosnet.config import ConfigError, load_config
 from cocosnet.tracking import DVC_EXP_ENV, PIPELINE_ENV, Tracker, model_tags
 from tests.helpers import ROOT
 
@@ -94,19 +95,75 @@ def prefect_harness():
         yield
 
 
-def test_flow_runs_the_dvc_stages_in_order(prefect_harness, monkeypatch):
+def test_flow_runs_the_dvc_stages_in_order_with_overrides_for_the_run(prefect_harness, monkeypatch, tmp_path):
     from cocosnet import flow
 
-    ran = []
-    monkeypatch.setattr(flow, "run_dvc_stage", lambda stage, params_file, repo: ran.append(stage) or "ok\n")
-    done = flow.cocosnet_pipeline(params_file=ROOT / "params.yaml", targets=["pretrain"], experiment="t", repo=ROOT)
-    assert done == ran == ["synthesize", "prepare", "render_keypoints", "build_pairs", "pretrain"]
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    before = (repo / "params.yaml").read_text()
+    seen = []
+
+    def fake(stage, root, log):
+        seen.append((stage, load_config(root / "params.yaml").train.steps))
+        return "Stage 'x' didn't change, skipping\n" if stage == "synthesize" else "Running stage\n"
+
+    monkeypatch.setattr(flow, "run_dvc_stage", fake)
+    done = flow.cocosnet_pipeline(overrides=["train.steps=7"], targets=["pretrain"], experiment="t", repo=str(repo))
+    assert list(done) == [s for s, _ in seen] == ["synthesize", "prepare", "render_keypoints", "build_pairs", "pretrain"]
+    assert {steps for _, steps in seen} == {7} and done["synthesize"] == "up to date" and done["pretrain"] == "ran"
+    assert (repo / "params.yaml").read_text() == before  # restored
+    seen.clear()
+    with pytest.raises(ConfigError, match="train.stepz"):
+        flow.cocosnet_pipeline(overrides=["train.stepz=7"], repo=str(repo))
+    with pytest.raises(ConfigError, match="train.steps"):
+        flow.cocosnet_pipeline(overrides=["train.steps=-1"], repo=str(repo))
+    assert seen == [] and (repo / "params.yaml").read_text() == before
     with pytest.raises(ValueError, match="unknown stage"):
         flow.cocosnet_pipeline.fn(targets=["nope"])
 
 
-def test_flow_tasks_retry_only_where_safe():
+def test_flow_tasks_retry_only_where_safe_and_never_after_bad_input():
     from cocosnet import flow
 
     assert flow.TASKS["prepare"].retries == 2
     assert flow.TASKS["pretrain"].retries == 0 and flow.TASKS["train"].retries == 0
+
+    class State:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def result(self):
+            raise self.exc
+
+    assert not flow.retry_unless_bad_input(None, None, State(flow.StageFailed("bad", 2)))
+    assert flow.retry_unless_bad_input(None, None, State(flow.StageFailed("flaky", 1)))
+    assert flow.retry_unless_bad_input(None, None, State(OSError("disk")))
+    dvc_error = "ERROR: failed to reproduce 'prepare': failed to run: python -m stages.prepare, exited with 2"
+    assert flow.stage_status(255, dvc_error) == 2 and flow.stage_status(1, "boom") == 1
+
+
+def test_streamed_output_reaches_the_log_line_by_line_and_a_failure_keeps_its_tail(tmp_path):
+    from cocosnet import flow
+
+    lines = []
+    out = flow.run_streamed([sys.executable, "-c", "print('a'); print('b')"], tmp_path, lines.append)
+    assert lines == ["a", "b"] and out == "a\nb"
+    with pytest.raises(flow.StageFailed, match="exit status 2") as failed:
+        flow.run_streamed([sys.executable, "-c", "print('why'); raise SystemExit(2)"], tmp_path, lines.append)
+    assert failed.value.status == 2 and "why" in str(failed.value)
+
+
+def test_overrides_parse_like_dvc_set_and_keep_the_files_comments(tmp_path):
+    from cocosnet.profiles import parse_overrides, write_overrides
+
+    assert parse_overrides(["train.steps=200", "model.align.widths=[8, 8, 8, 8]", "vgg.weights=random"]) == {
+        "train": {"steps": 200}, "model": {"align": {"widths": [8, 8, 8, 8]}}, "vgg": {"weights": "random"}}
+    for bad in ("train.steps", "=3", "train..steps=1"):
+        with pytest.raises(ConfigError, match="expected <section>.<key>=<value>"):
+            parse_overrides([bad])
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    write_overrides(params, parse_overrides(["train.steps=123"]))
+    text = params.read_text()
+    assert "steps: 123" in text and "# domain-alignment U-Nets" in text and load_config(params).train.steps == 123
