@@ -172,7 +172,8 @@ class LossWeights:
 # Keys added after model files were first written, with the value that reproduces the older code
 # (the official behaviour); `saved_config` fills them into a config read from such a file.
 ADDED_KEYS = {"model.generator.warp_skip": "none", "loss_weights.recon": 0.0, "loss_weights.rank": 0.0,
-              "loss_weights.rank_truth": 0.0, "model.refiner.width": 0,
+              "loss_weights.rank_truth": 0.0, "model.refiner.width": 0, "launch.nproc_per_node": 1,
+              "launch.nnodes": 1, "launch.rdzv_endpoint": "", "launch.rdzv_id": "cocosnet",
               **{f"refine.{k}": v for k, v in {
                   "steps": 0, "batch_size": 8, "lr": 1.0e-3, "edge_weight": 3.0, "pool": 400, "grad_clip": 0.0,
                   "checkpoint_every": 100, "keep_last": 2, "log_every": 10, "sample_every": 500, "workers": 0,
@@ -267,6 +268,17 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class LaunchConfig:
+    """How the training stages run: one process, or torchrun started by the stage itself when more
+    than one is asked for (cocosnet/train/launch.py, docs/scale.md). The result does not depend on it."""
+
+    nproc_per_node: int = check(1)
+    nnodes: int = check(1)
+    rdzv_endpoint: str  # host:port of the c10d rendezvous; "" = one node, torchrun --standalone
+    rdzv_id: str = check(nonempty=True)
+
+
+@dataclass(frozen=True)
 class Config:
     profile: str
     data: DataConfig
@@ -279,6 +291,7 @@ class Config:
     refine: RefineConfig
     eval: EvalConfig
     tracking: TrackingConfig
+    launch: LaunchConfig
 
 
 def _type_name(tp: Any) -> str:
@@ -416,6 +429,16 @@ def _check_consistency(cfg: Config) -> None:
                           f"data.source synthetic has (got {d.source}); set it to 0.0 or use loss_weights.rank")
     if cfg.loss_weights.rank_truth > 0 and cfg.train.flip:
         raise ConfigError("loss_weights.rank_truth: the true matches are not flipped; set train.flip to false")
+    launch = cfg.launch
+    if launch.nnodes > 1 and not launch.rdzv_endpoint:
+        raise ConfigError(f"launch.nnodes is {launch.nnodes}: set launch.rdzv_endpoint to the host:port of the "
+                          "rendezvous (one of the nodes), the same on every node")
+    world = launch.nproc_per_node * launch.nnodes
+    for name in ("pretrain", "train", "refine"):
+        batch = getattr(cfg, name).batch_size
+        if batch % world:
+            raise ConfigError(f"{name}.batch_size ({batch}) must divide by the number of training processes "
+                              f"({world} = launch.nproc_per_node x launch.nnodes): it is the global batch")
     if cfg.train.decay_start >= cfg.train.steps:
         raise ConfigError(f"train.decay_start ({cfg.train.decay_start}) must be < train.steps ({cfg.train.steps}), "
                           "or -1 for a constant LR")

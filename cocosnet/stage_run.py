@@ -27,13 +27,17 @@ def lock_name(stage: str, params: str | Path) -> str:
     return f"{stage}@{tag}"
 
 
+PARENT_HOLDS_LOCK_ENV = "COCOSNET_PARENT_HOLDS_LOCK"  # "1": set by a stage for the torchrun it starts
+
+
 @contextmanager
 def stage_lock(name: str, folder: Path = LOCKS) -> Iterator[None]:
     """Hold `<folder>/<name>.lock` for the run; a second run of the same stage is refused at once.
 
-    Only rank 0 of a torchrun job takes it; the lock goes with the process, so a killed run leaves
-    none behind."""
-    if int(os.environ.get("RANK", "0")) != 0:
+    Only rank 0 of a torchrun job takes it, and none of them when the stage started torchrun itself
+    (its launching process holds the lock for them, PARENT_HOLDS_LOCK_ENV); the lock goes with the
+    process, so a killed run leaves none behind."""
+    if int(os.environ.get("RANK", "0")) != 0 or os.environ.get(PARENT_HOLDS_LOCK_ENV) == "1":
         yield
         return
     folder.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,7 @@ from cocosnet.tracking import Tracker
 from cocosnet.train.checkpoint import load_checkpoint
 from cocosnet.train.distributed import setup, teardown
 from cocosnet.train.inputs import StageSpec
+from cocosnet.train.launch import run_torchrun, wants_torchrun
 from cocosnet.train.loop import RunPaths, run_training
 
 ACROSS_CODE_ENV = "COCOSNET_RESUME_ACROSS_CODE_CHANGE"
@@ -25,6 +27,8 @@ def add_resume_flag(parser) -> None:
 
 
 def train_stage(cfg: Config, spec: StageSpec, paths: RunPaths, *, across_code_change: bool = False) -> None:
+    if wants_torchrun(cfg.launch):  # launch.nproc_per_node x nnodes > 1: this process starts torchrun
+        sys.exit(run_torchrun(cfg.launch, f"stages.{spec.name}", sys.argv[1:]))
     across_code_change = across_code_change or os.environ.get(ACROSS_CODE_ENV, "") not in ("", "0")
     info = setup()
     try:

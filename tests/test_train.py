@@ -20,7 +20,7 @@ from cocosnet.train.checkpoint import list_checkpoints, load_checkpoint, load_mo
 from cocosnet.train.inputs import STAGES
 from cocosnet.train.loop import RunPaths, run_training
 from cocosnet.train.schedule import lr_at, ttur
-from tests.helpers import CPU, ROOT, prepare_data, state, tiny_training_config
+from tests.helpers import CPU, ROOT, free_port, prepare_data, state, tiny_training_config
 
 
 @pytest.fixture(scope="module")
@@ -193,12 +193,21 @@ def test_a_pretrain_model_starts_a_gan_with_any_generator_but_only_its_own_match
         train(wider, "train", processed, tmp_path / "gan2", init=tmp_path / "pre" / "model.pt")
 
 
-def test_ddp_on_two_cpu_processes_matches_one_process(data, tmp_path):
+def test_ddp_on_two_cpu_nodes_matches_one_process(data, tmp_path):
+    """Two torchrun "nodes" on 127.0.0.1, one process each, meeting at a c10d rendezvous (what a
+    multi-node job does, docs/scale.md), end where one process ends."""
     raw, processed = data
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     base = [str(raw), str(processed), str(tmp_path), "2"]
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    str(ROOT / "tests" / "ddp_worker.py"), *base], check=True, env=env, cwd=ROOT, timeout=300)
+    node = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d",
+            f"--rdzv_endpoint=127.0.0.1:{free_port()}", "--rdzv_id=ddp-test", str(ROOT / "tests" / "ddp_worker.py"),
+            *base]
+    nodes = [subprocess.Popen(node, env=env, cwd=ROOT) for _ in range(2)]
+    try:
+        assert [n.wait(timeout=300) for n in nodes] == [0, 0]
+    finally:
+        for n in nodes:
+            n.kill()
     subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_worker.py"), *base], check=True, env=env,
                    cwd=ROOT, timeout=300)
     rank0, rank1, single = (torch.load(tmp_path / name, weights_only=True) for name in
