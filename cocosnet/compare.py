@@ -58,6 +58,16 @@ def _cell(value) -> str:
     return escape(value)
 
 
+def run_label(run: pd.Series) -> str:
+    """The name a person knows a run by: its DVC experiment (`dvc exp show`), else the pipeline run
+    (`make pipeline`, the flow) it belongs to; "" for a run with neither tag."""
+    for tag in ("tags.dvc_experiment", "tags.pipeline"):
+        value = run.get(tag)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
 def to_markdown(ranked: pd.DataFrame, metric: str, *, higher: bool | None = None,
                 experiment_names: dict[str, str] | None = None) -> str:
     higher = higher_is_better(metric) if higher is None else higher
@@ -65,13 +75,13 @@ def to_markdown(ranked: pd.DataFrame, metric: str, *, higher: bool | None = None
         return f"# Experiment comparison\n\nNo evaluate runs with `{metric}` were found.\n"
     params = differing_params(ranked)
     metrics = [metric] + [m for m in SUMMARY_METRICS if m != metric and f"metrics.{m}" in ranked.columns]
-    header = ["rank", "run", "experiment", "started"] + [escape(m) for m in metrics] + [
+    header = ["rank", "run", "DVC experiment / pipeline run", "experiment", "started"] + [escape(m) for m in metrics] + [
         escape(p.removeprefix("params.")) for p in params]
     rows = []
     for i, run in ranked.iterrows():
         experiment = (experiment_names or {}).get(run.get("experiment_id"), run.get("experiment_id", ""))
         started = run["start_time"].strftime("%Y-%m-%d %H:%M") if pd.notna(run.get("start_time")) else "—"
-        rows.append([str(i + 1), f"`{str(run['run_id'])[:8]}`", _cell(experiment), started]
+        rows.append([str(i + 1), f"`{str(run['run_id'])[:8]}`", _cell(run_label(run)), _cell(experiment), started]
                     + [_cell(run.get(f"metrics.{m}")) for m in metrics] + [_cell(run.get(p)) for p in params])
     lines = [
         "# Experiment comparison", "",

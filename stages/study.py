@@ -148,7 +148,7 @@ def main() -> None:
         if study is GENERATION and r.name == "full":
             atomic_write(REPORTS / "generation_samples.png", GAN_GRID.read_bytes())
         result = study.result(r, minutes)
-        if study is GENERATION:
+        if study is GENERATION and PRETRAIN.is_file():
             result["pretrain_md5"] = hashlib.md5(PRETRAIN.read_bytes()).hexdigest()
         atomic_write_json(result_path(study.results, r), result)
         out = study.write_summary(runs)

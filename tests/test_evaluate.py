@@ -162,7 +162,12 @@ def test_compare_ranks_runs_and_lists_only_differing_params():
     lines = md.splitlines()
     header = next(line for line in lines if line.startswith("| rank"))
     assert "train.lr" in header and "data.crop_size" not in header
-    assert lines[lines.index(header) + 2].startswith("| 1 | `run1abcd` | cocosnet-demo")
+    assert lines[lines.index(header) + 2].startswith('| 1 | `run1abcd` | "" | cocosnet-demo')
+    runs["tags.dvc_experiment"] = ["exp-a", None, None]
+    runs["tags.pipeline"] = ["make-1", "make-2", None]
+    lines = to_markdown(rank_runs(runs, "swd.model"), "swd.model").splitlines()
+    assert [line.split(" | ")[2] for line in lines if line.startswith("| ") and line[2].isdigit()] == [
+        "make-2", "exp-a", '""']  # the DVC experiment first, else the pipeline run
     with pytest.raises(ValueError, match="no run has the metric 'fid.model'"):
         rank_runs(runs, "fid.model")
 
