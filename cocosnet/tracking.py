@@ -229,11 +229,9 @@ class Tracker:
         if self.parent_id:
             tags["mlflow.parentRunId"] = self.parent_id
             tags["pipeline"] = pipeline  # the parent's `pipeline_run`, on the stage run (make compare shows it)
-        run_id = client.create_run(self.experiment_id, tags=tags, run_name=self.stage).info.run_id
-        params = [Param(k, str(v)) for k, v in flatten(asdict(self.cfg)).items()]
-        for i in range(0, len(params), 100):
-            client.log_batch(run_id, params=params[i:i + 100])
-        self.run_id = run_id
+        self.run_id = client.create_run(self.experiment_id, tags=tags, run_name=self.stage).info.run_id
+        # The params go first in the queue, so that a failure after the run exists never makes a second run.
+        self._queue.appendleft(("params", [Param(k, str(v)) for k, v in flatten(asdict(self.cfg)).items()]))
         self._start_system_metrics()
 
     def _start_system_metrics(self) -> None:
@@ -277,6 +275,9 @@ class Tracker:
             batch = self._metric_batch()
             metrics = [Metric(k, float(v), ts, step) for _, values, step, ts in batch for k, v in values.items()]
             client.log_batch(self.run_id, metrics=metrics)
+        elif op[0] == "params":
+            for i in range(0, len(op[1]), 100):
+                client.log_batch(self.run_id, params=op[1][i:i + 100])
         elif op[0] == "tags":
             for k, v in op[1].items():
                 client.set_tag(self.run_id, k, v)
