@@ -13,7 +13,6 @@ from cocosnet.io import atomic_save, atomic_write_json, sha256_file
 from cocosnet.metrics.schema import flat_metrics, losses_to_baselines
 from cocosnet.models.cocosnet import CoCosNet
 from cocosnet.report import correspondence_plot, loss_plot, read_losses, write_report
-from cocosnet.serving import log_pyfunc
 from cocosnet.tracking import Tracker
 from cocosnet.train.checkpoint import load_model
 
@@ -65,7 +64,10 @@ def run_evaluation(cfg: Config, model_path: Path, reports: Path, outputs: Path) 
         lost = losses_to_baselines(metrics)
         tracker.set_tags({"fid": "unavailable" if "unavailable" in metrics["fid"] else "computed",
                           "beats_baselines": str(not lost).lower(), "loses_to": "; ".join(lost) or "none"})
-        # Registered only when it beats its baselines (losses_to_baselines, docs/scale.md).
+        # Registered only when it beats its baselines (losses_to_baselines, docs/scale.md). Imported here:
+        # MLflow's pyfunc machinery is slow to import and only this call needs it.
+        from cocosnet.serving import log_pyfunc
+
         tracker.log_model(model_path, log_pyfunc, registered_name=None if lost else f"cocosnet-{cfg.profile}")
         tracker.log_artifact(reports / "metrics.json")
         for path in [eval_dir / "report.html", *figures.values(), *grid_files.values()]:
