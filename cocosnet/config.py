@@ -76,8 +76,8 @@ FRACTION = dict(lo=0, hi=1, hi_open=True)  # [0, 1): Adam betas, EMA decay, the 
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: Literal["synthetic", "deepfashion"]
-    root: str = check(nonempty=True)  # data root holding img/, pose/ and the lists
+    source: Literal["synthetic", "deepfashion", "inshop"]  # the layout of data.root (cocosnet/data/sources.py)
+    root: str = check(nonempty=True)  # data root holding the images, keypoints and lists of that layout
     processed: str = check(nonempty=True)  # where prepare/render_keypoints/build_pairs write
     load_size: int = check(8, MAX_SIDE)  # images and labels are cached at load_size x load_size
     crop_size: int = check(8, MAX_SIDE)  # the working resolution; random crops of load_size
@@ -259,6 +259,10 @@ class EvalConfig:
     jpeg_quality: int = check(1, 100)  # outputs are scored as JPG, as in the CoCosNet FID protocol
     swd_size: int = check(16, also=(0,))  # SWD reads images at this size (CoCosNet's script: 256); 0 = as generated
     inception_weights: str  # pytorch-fid Inception file; "" = FID reported unavailable
+    protocol: Literal["cocosnet", "pose_transfer"]  # cocosnet/metrics/pose_transfer.py, docs/evaluation.md
+    imagenet_inception_weights: str  # torchvision inception_v3 file, the pose-transfer FID; "" = unavailable
+    lpips_weights: str  # LPIPS v0.1 AlexNet linear heads (alex.pth); "" = LPIPS unavailable
+    alexnet_weights: str  # torchvision AlexNet file, LPIPS's trunk; "" = LPIPS unavailable
 
 
 @dataclass(frozen=True)

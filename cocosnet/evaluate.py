@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import shutil
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +34,16 @@ from torch.utils.data import DataLoader
 
 from cocosnet.config import Config
 from cocosnet.data.dataset import PairDataset
+from cocosnet.data.deepfashion import load_image, photo_size
+from cocosnet.data.sources import layout_for
 from cocosnet.data.synthetic import surface_path
 from cocosnet.io import Staging, atomic_save
 from cocosnet.metrics.correspondence import batch_gt, identity_coords, level_errors, summarise
 from cocosnet.metrics.fid import FidUnavailable
 from cocosnet.metrics.images import list_images
+from cocosnet.metrics.lpips import LpipsUnavailable, load_lpips, lpips_distance
+from cocosnet.metrics.paired import l1, psnr, ssim
+from cocosnet.metrics.pose_transfer import crop_to_photo, describe, pose_transfer_fid, pose_transfer_ssim
 from cocosnet.metrics.scoring import fid_scores, paired_scores, swd_scores
 from cocosnet.models.blocks import resize_to
 from cocosnet.models.cocosnet import CoCosNet
@@ -44,9 +51,7 @@ from cocosnet.progress import progress
 from cocosnet.train.samples import sample_grid, to_uint8
 
 ROLES = ("fake", "real", "exemplar", "warp")
-LPIPS_UNAVAILABLE = ("LPIPS is not computed: it needs the PerceptualSimilarity linear heads on a torchvision "
-                     "AlexNet/VGG16 backbone, whose weights are not shipped, and this project does not define "
-                     "that network yet")
+LPIPS_UNSET = "LPIPS was not asked for (no eval.lpips_weights / eval.alexnet_weights given)"
 
 
 def eval_pairs(pairs: pd.DataFrame, max_pairs: int, kind: str = "self") -> pd.DataFrame:
@@ -75,9 +80,11 @@ def generate(cfg: Config, trained: CoCosNet, untrained: CoCosNet | None, table: 
 
     Staged in `<out>.partial/`: a killed run keeps its finished batches, which a
     rerun with the same model `fingerprint`, pairs and settings reuses."""
+    pose_transfer = cfg.eval.protocol == "pose_transfer"
+    suffix = ".png" if pose_transfer else ".jpg"
     spec = {"model": fingerprint, "pairs": table[["target", "exemplar"]].values.tolist(),
             "quality": cfg.eval.jpeg_quality, "seed": cfg.eval.seed, "batch": cfg.eval.batch_size,
-            "crop": cfg.data.crop_size, "roles": list(ROLES)}
+            "crop": cfg.data.crop_size, "roles": list(ROLES), "protocol": cfg.eval.protocol}
     # Staged beside the tracked outputs folder, not inside it, so a failed run leaves DVC's output unmodified.
     staging = Staging(out, spec, path=out.parent.with_name(out.parent.name + ".partial") / out.name)
     for role in ROLES:
@@ -93,7 +100,7 @@ def generate(cfg: Config, trained: CoCosNet, untrained: CoCosNet | None, table: 
     errors: dict[str, dict[int, list]] = defaultdict(lambda: defaultdict(list))
     grid = None
     for i, batch in enumerate(progress(loader, desc=f"evaluate {out.name}")):
-        names = [f"{int(j):05d}.jpg" for j in batch["index"]]
+        names = [f"{int(j):05d}{suffix}" for j in batch["index"]]
         corr_file = staging.path / "corr" / f"{i:05d}.pt"
         done = all((staging.path / r / n).exists() for r in ROLES for n in names) and (
             not with_gt or corr_file.exists())
@@ -115,16 +122,34 @@ def generate(cfg: Config, trained: CoCosNet, untrained: CoCosNet | None, table: 
                 for level, errs in levels.items():
                     errors[who][level].append(errs)
         finest = resize_to(result.correspondence.warps[-1], tuple(result.image.shape[-2:]), "bilinear")
+        rows = [table.iloc[int(j)] for j in batch["index"]]
         for role, images in (("fake", result.image), ("real", batch["image"]), ("exemplar", batch["exemplar"]),
                              ("warp", finest)):
-            for name, image in zip(names, images):
-                _save_jpg(to_uint8(image.cpu()), staging.path / role / name, cfg.eval.jpeg_quality)
-    table.assign(name=[f"{n:05d}.jpg" for n in range(len(table))])[["name", "target", "exemplar"]].to_csv(
+            for name, image, row in zip(names, images, rows):
+                if pose_transfer:
+                    _save_pose_transfer(role, to_uint8(image.cpu()), row, root, staging.path / role / name)
+                else:
+                    _save_jpg(to_uint8(image.cpu()), staging.path / role / name, cfg.eval.jpeg_quality)
+    table.assign(name=[f"{n:05d}{suffix}" for n in range(len(table))])[["name", "target", "exemplar"]].to_csv(
         staging.path / "pairs.csv", index=False)
     shutil.rmtree(staging.path / "corr")
     folder = staging.commit()
     merged = {who: {level: torch.cat(v) for level, v in levels.items()} for who, levels in errors.items()}
     return Generated(folder, merged, grid)
+
+
+def _save_pose_transfer(role: str, square: np.ndarray, row: pd.Series, root: Path, path: Path) -> None:
+    """The pose-transfer protocol's file for one role (cocosnet/metrics/pose_transfer.py): the target and
+    the exemplar as the dataset's own photos; the output and the warp cropped back to the target photo's
+    region and size; PNG."""
+    if role in ("real", "exemplar"):
+        image = load_image(root / row["target" if role == "real" else "exemplar"])
+        size = photo_size(root / row["target"])
+        if image.shape[1::-1] != size:  # an exemplar photo of another size: scored at the target's
+            image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
+    else:
+        image = crop_to_photo(square, photo_size(root / row["target"]))
+    atomic_save(path, lambda f: Image.fromarray(image).save(f, format="PNG"))
 
 
 ERROR_GAIN = 4  # an error map's white is a mean absolute error of 1/ERROR_GAIN of the intensity range
@@ -175,12 +200,26 @@ def _candidates(files: dict[str, list[Path]]) -> dict[str, list[Path]]:
     return {"model": files["fake"], "finest_warp": files["warp"], "copy_exemplar": files["exemplar"]}
 
 
-def paired_metrics(folder: Path) -> dict:
-    """L1 / PSNR / SSIM of the output and of both baselines (the finest warp, the copied exemplar) against
-    the target, from the JPGs."""
+def lpips_metric(cfg: Config, device: torch.device) -> tuple[Callable | None, str]:
+    """The LPIPS function of (fake, real) batches, or None and the reason it is unavailable."""
+    try:
+        model = load_lpips(cfg.eval.lpips_weights, cfg.eval.alexnet_weights).to(device)
+    except LpipsUnavailable as exc:
+        return None, str(exc)
+    return partial(lpips_distance, model), ""
+
+
+def paired_metrics(folder: Path, *, protocol: str = "cocosnet", lpips: Callable | None = None,
+                   lpips_unavailable: str = LPIPS_UNSET) -> dict:
+    """L1 / PSNR / SSIM (the protocol's variant) and LPIPS when given, of the output and of both baselines
+    (the finest warp, the copied exemplar) against the target, from the saved files."""
     files = _role_files(folder)
-    out: dict = paired_scores(files["real"], _candidates(files))
-    out["lpips"] = {"unavailable": LPIPS_UNAVAILABLE}
+    functions = {"l1": l1, "psnr": psnr, "ssim": pose_transfer_ssim if protocol == "pose_transfer" else ssim}
+    if lpips is not None:
+        functions["lpips"] = lpips
+    out: dict = paired_scores(files["real"], _candidates(files), functions=functions)
+    if lpips is None:
+        out["lpips"] = {"unavailable": lpips_unavailable}
     return out
 
 
@@ -221,12 +260,17 @@ def evaluate(cfg: Config, trained: CoCosNet, untrained: CoCosNet, pairs: pd.Data
         raise ValueError("the pair table has no val pairs to evaluate (split == 'val')")
     root = Path(cfg.data.root)
     has_gt = bool(len(self_table)) and surface_path(root, self_table.iloc[0]["target"]).exists()
-    metrics: dict = {"pairs": len(self_table), "ref_pairs": len(ref_table), "jpeg_quality": cfg.eval.jpeg_quality}
+    metrics: dict = {"pairs": len(self_table), "ref_pairs": len(ref_table), "jpeg_quality": cfg.eval.jpeg_quality,
+                     "protocol": describe(cfg.eval.protocol)}
     grids: dict[str, Image.Image] = {}
+    lpips, lpips_unavailable = lpips_metric(cfg, device)
+    self_folder = None
     if len(self_table):
         done = generate(cfg, trained, untrained if has_gt else None, self_table, outputs / "self",
                         device=device, with_gt=has_gt, fingerprint=fingerprint)
-        metrics["paired"] = paired_metrics(done.folder)
+        self_folder = done.folder
+        metrics["paired"] = paired_metrics(done.folder, protocol=cfg.eval.protocol, lpips=lpips,
+                                           lpips_unavailable=lpips_unavailable)
         if has_gt:
             metrics["correspondence"] = correspondence_metrics(done.errors)
         if done.grid is not None:
@@ -240,4 +284,23 @@ def evaluate(cfg: Config, trained: CoCosNet, untrained: CoCosNet, pairs: pd.Data
     else:
         reason = "no val ref pairs in the pair table"
         metrics["swd"], metrics["fid"] = {"unavailable": reason}, {"unavailable": reason}
+    if cfg.eval.protocol == "pose_transfer":
+        metrics["fid"] = training_split_fid(cfg, self_folder, device=device)
     return metrics, grids
+
+
+def training_split_fid(cfg: Config, folder: Path | None, *, device: torch.device) -> dict:
+    """The pose-transfer protocol's FID: the val self pairs' outputs (and baselines) against the statistics
+    of every training image the layout lists (torchvision's ImageNet Inception-v3)."""
+    if folder is None:
+        return {"unavailable": "no val self pairs in the pair table"}
+    root = Path(cfg.data.root)
+    train = [root / e.paths[0] for e in layout_for(cfg.data.source).lists(root)["train"]]
+    train = [p for p in dict.fromkeys(train) if p.is_file()]
+    if len(train) < 2:
+        return {"unavailable": f"the training split of {root} lists {len(train)} existing images"}
+    try:
+        return pose_transfer_fid(train, _candidates(_role_files(folder)), weights=cfg.eval.imagenet_inception_weights,
+                                 cache=Path(cfg.data.processed) / "fid_train_statistics.npz", device=device)
+    except FidUnavailable as exc:
+        return {"unavailable": str(exc)}

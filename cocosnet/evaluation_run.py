@@ -58,11 +58,13 @@ def run_evaluation(cfg: Config, model_path: Path, reports: Path, outputs: Path) 
         write_report(eval_dir / "report.html", metrics, figures=figures, grids=grid_files, notes=notes,
                      info={"profile": cfg.profile, "model": f"{model_path} (step {ckpt.get('step')})",
                            "device": str(device), "self pairs": metrics["pairs"],
-                           "ref pairs": metrics["ref_pairs"], "JPEG quality": cfg.eval.jpeg_quality})
+                           "ref pairs": metrics["ref_pairs"], "protocol": cfg.eval.protocol,
+                           **({"JPEG quality": cfg.eval.jpeg_quality} if cfg.eval.protocol == "cocosnet" else {})})
         atomic_write_json(reports / "metrics.json", metrics)
         tracker.log_metrics(flat_metrics(metrics), step=0)
         lost = losses_to_baselines(metrics)
         tracker.set_tags({"fid": "unavailable" if "unavailable" in metrics["fid"] else "computed",
+                          "eval_protocol": cfg.eval.protocol,
                           "beats_baselines": str(not lost).lower(), "loses_to": "; ".join(lost) or "none"})
         # Registered only when it beats its baselines (losses_to_baselines, docs/scale.md). Imported here:
         # MLflow's pyfunc machinery is slow to import and only this call needs it.

@@ -189,6 +189,16 @@ img{max-width:100%;image-rendering:pixelated;border:1px solid #ddd}
 .meta{color:#555;font-size:90%}"""
 
 
+PROTOCOL_TEXT = {
+    "cocosnet": "CoCosNet protocol: paired metrics on val self pairs (the true target exists); SWD and FID on val "
+                "ref pairs against their targets (pytorch-fid Inception); outputs and targets scored as JPG.",
+    "pose_transfer": "Pose-transfer protocol (docs/evaluation.md): outputs cropped back to the photo's size and "
+                     "scored as PNG against the dataset's own photos; paired metrics (SSIM as GFLA's ssim_256, "
+                     "LPIPS AlexNet v0.1) on val self pairs; FID of the same outputs against the whole training "
+                     "split (torchvision's ImageNet Inception); SWD on val ref pairs.",
+}
+
+
 def write_report(path: Path, metrics: dict, *, figures: dict[str, Path], grids: dict[str, Path | Image.Image],
                  info: dict[str, str], notes: list[str]) -> Path:
     """figures (plots) and grids (sample grids, shown 2x): title -> image, embedded as base64 PNG."""
@@ -199,9 +209,8 @@ def write_report(path: Path, metrics: dict, *, figures: dict[str, Path], grids: 
     parts += [f"<p class='verdict'><b>{html.escape(v)}</b></p>" for v in verdicts(metrics)]
     parts += [f"<div class='note'>{html.escape(n)}</div>" for n in notes]
     parts.append("<h2>Image metrics</h2><p>The model against two baselines: the finest level's warp of the "
-                 "exemplar (what the generator is given) and the exemplar copied as the output. Paired metrics on "
-                 "val self pairs (the true target exists); SWD and FID on val ref pairs, outputs and targets scored "
-                 "as JPG.</p>")
+                 "exemplar (what the generator is given) and the exemplar copied as the output. "
+                 + html.escape(PROTOCOL_TEXT.get(metrics.get("protocol", {}).get("name", "cocosnet"), "")) + "</p>")
     parts.append(_table(["metric", "better", *(HEADERS[w] for w in IMAGE_WHO)], metrics_rows(metrics)))
     if "correspondence" in metrics:
         parts.append("<h2>Correspondence accuracy</h2><p>Top-1 match against the synthetic ground truth, in each "

@@ -1,4 +1,5 @@
-"""Stage `synthesize`: write the synthetic dataset (DeepFashion-HD layout) to --out."""
+"""Stage `synthesize`: write the synthetic dataset to --out, in DeepFashion-HD's layout (`data.source:
+synthetic`) or, with `data.source: inshop` and `data.root` at --out, in the In-shop benchmark's layout."""
 
 from __future__ import annotations
 
@@ -17,14 +18,16 @@ def main(cfg, args) -> None:
     if cfg.data.source == "synthetic" and Path(cfg.data.root) != out:
         raise ConfigError(f"data.root is {cfg.data.root!r}, but synthetic data is written to {str(out)!r}; "
                           "set data.root to it")
-    if cfg.data.source != "synthetic":
+    synthetic_inshop = cfg.data.source == "inshop" and Path(cfg.data.root) == out
+    if cfg.data.source != "synthetic" and not synthetic_inshop:
         # The stage stays in the graph; with real data it leaves only a note.
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "NOT_GENERATED.txt", f"data.source is {cfg.data.source}; nothing synthesized.\n")
         return
     spec = SyntheticSpec(**asdict(cfg.synthetic))
-    summary = generate(spec, out, workers=cfg.data.workers or os.cpu_count() or 1)
-    print(f"synthesize: {summary['images']} images of {summary['identities']} identities -> {out}")
+    layout = "inshop" if synthetic_inshop else "deepfashion"
+    summary = generate(spec, out, workers=cfg.data.workers or os.cpu_count() or 1, layout=layout)
+    print(f"synthesize: {summary['images']} images of {summary['identities']} identities ({layout} layout) -> {out}")
 
 
 def add_args(parser) -> None:

@@ -136,6 +136,22 @@ def load_image(path: Path) -> np.ndarray:
         raise DataError(f"{path}: corrupt or truncated image ({exc})") from None
 
 
+def photo_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a photo as `load_image` returns it (upright by its EXIF orientation), from its header."""
+    try:
+        with open_image(path) as im:
+            width, height = im.size
+            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # the orientations that swap the sides
+                width, height = height, width
+            return width, height
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{path}: corrupt or truncated image ({exc})") from None
+
+
 @dataclass(frozen=True)
 class SquareFrame:
     """Maps a (width x height) photo into the padded square and its resized frames."""

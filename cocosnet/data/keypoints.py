@@ -140,7 +140,8 @@ def _coco_json(doc, path: Path, name: str | None) -> np.ndarray:
     return _coco_annotation(anns[i], path, f"annotations[{i}].")
 
 
-def _pose_transfer_csv(text: str, path: Path, name: str | None) -> np.ndarray:
+def _pose_transfer_lines(text: str, path: Path) -> list[tuple[int, str, str, str]]:
+    """(line number, name, y list text, x list text) of every row after the header."""
     rows = []
     for lineno, line in enumerate(text.splitlines()[1:], start=2):
         if not line.strip():
@@ -151,8 +152,10 @@ def _pose_transfer_csv(text: str, path: Path, name: str | None) -> np.ndarray:
         rows.append((lineno, parts[0].strip(), parts[1], parts[2]))
     if not rows:
         raise PoseFileError(f"{path}: no rows after the header")
-    i = _select(rows, name, path, "rows", lambda row: {row[1], Path(row[1]).stem})
-    lineno, row_name, ys, xs = rows[i]
+    return rows
+
+
+def _pose_transfer_row(path: Path, lineno: int, ys: str, xs: str) -> np.ndarray:
     coords = []
     for label, raw in (("y", ys), ("x", xs)):
         try:
@@ -168,6 +171,50 @@ def _pose_transfer_csv(text: str, path: Path, name: str | None) -> np.ndarray:
     out = np.stack([x, y], axis=1)
     out[(x == -1) | (y == -1)] = np.nan
     return out
+
+
+def _pose_transfer_csv(text: str, path: Path, name: str | None) -> np.ndarray:
+    rows = _pose_transfer_lines(text, path)
+    i = _select(rows, name, path, "rows", lambda row: {row[1], Path(row[1]).stem})
+    lineno, _, ys, xs = rows[i]
+    return _pose_transfer_row(path, lineno, ys, xs)
+
+
+def read_pose_transfer_csv(path: str | Path) -> dict[str, np.ndarray]:
+    """Every row of a pose-transfer annotation CSV: image name -> (18, 2) (x, y), NaN for a missing joint.
+    A wrong header, a malformed row, a joint count other than 18 or a name listed twice raise
+    PoseFileError naming the file and line."""
+    path = Path(path)
+    try:
+        text = read_text(path, "annotation file")
+    except FileNotFoundError:
+        raise PoseFileError(f"{path}: annotation file not found") from None
+    except OSError as exc:
+        raise PoseFileError(f"{path}: cannot read the annotation file ({exc.strerror or exc})") from None
+    header = text.lstrip("\ufeff").splitlines()[:1]
+    if not header or header[0].replace(" ", "").strip() != POSE_TRANSFER_HEADER:
+        raise PoseFileError(f"{path}:1: expected the header {POSE_TRANSFER_HEADER!r}, got "
+                            f"{(header[0] if header else '')[:60]!r}")
+    out: dict[str, np.ndarray] = {}
+    first: dict[str, int] = {}
+    for lineno, name, ys, xs in _pose_transfer_lines(text.lstrip("\ufeff"), path):
+        if name in out:
+            raise PoseFileError(f"{path}:{lineno}: image {name!r} is listed twice (first at line {first[name]})")
+        out[name], first[name] = _pose_transfer_row(path, lineno, ys, xs), lineno
+    return out
+
+
+def write_pose_transfer_csv(keypoints: dict[str, np.ndarray], path: str | Path) -> None:
+    """Rows `name: [y, ...]: [x, ...]` under the benchmark's header, coordinates rounded to integer pixels
+    as the published files hold them, -1 for a missing joint."""
+    lines = [POSE_TRANSFER_HEADER]
+    for name, kp in keypoints.items():
+        kp = np.asarray(kp, dtype=np.float64)
+        missing = ~np.isfinite(kp).all(axis=1)
+        ys = [-1 if m else int(round(y)) for (_, y), m in zip(kp, missing)]
+        xs = [-1 if m else int(round(x)) for (x, _), m in zip(kp, missing)]
+        lines.append(f"{name}: {json.dumps(ys)}: {json.dumps(xs)}")
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def _pair_of(path: Path) -> tuple[Path, Path] | None:

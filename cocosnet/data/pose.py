@@ -213,9 +213,10 @@ def render_pose_label(keypoints: np.ndarray, canvas_size: int = OFFICIAL_CANVAS)
     return np.concatenate([rgb, dist_maps.transpose(1, 2, 0)], axis=2)
 
 
-def render_label_resized(keypoints: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """`resize_label(render_pose_label(keypoints), size)`, without the full-size interleaving."""
-    rgb, dist_maps = _render_planes(keypoints, OFFICIAL_CANVAS)
+def render_label_resized(keypoints: np.ndarray, size: int | tuple[int, int], *,
+                         canvas_size: int = OFFICIAL_CANVAS) -> np.ndarray:
+    """`resize_label(render_pose_label(keypoints, canvas_size), size)`, without the full-size interleaving."""
+    rgb, dist_maps = _render_planes(keypoints, canvas_size)
     height, width = (size, size) if isinstance(size, int) else size
     out = np.empty((height, width, LABEL_CHANNELS), dtype=np.uint8)
     out[..., :3] = _resize(np.ascontiguousarray(rgb), (width, height), Image.Resampling.NEAREST)

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cocosnet.data.deepfashion import load_image, pose_paths, preprocess_image
-from cocosnet.data.pose import read_openpose, render_label_resized
+from cocosnet.data.deepfashion import load_image, preprocess_image
+from cocosnet.data.sources import layout_for
 from cocosnet.errors import DataError
 from cocosnet.io import Staging, atomic_write, atomic_write_json
 from cocosnet.progress import progress
@@ -113,15 +113,14 @@ def _prepare_one(rel: str, root: str, out: str, size: int) -> str | None:
     return None
 
 
-def _label_one(rel: str, root: str, out: str, size: int) -> str | None:
+def _label_one(rel: str, root: str, out: str, size: int, source: str) -> str | None:
     dest = label_file(Path(out), rel)
     if dest.exists():
         return None
     try:
-        keypoints = read_openpose(*pose_paths(Path(root), rel))
+        label = layout_for(source).label(Path(root), rel, size)
     except DataError as exc:
         return str(exc)
-    label = render_label_resized(keypoints, size)
     atomic_write(dest, _encode_npz(label))
     return None
 
@@ -151,8 +150,8 @@ def _run(job: Callable[[str], str | None], rels: list[str], *, workers: int, des
 
 
 def _process(job, rels: list[str], root: Path, out: Path, size: int, *, workers: int,
-             on_bad_sample: str, desc: str) -> Manifest:
-    staging = Staging(out, {"root": str(root), "size": size, "job": desc})
+             on_bad_sample: str, desc: str, **extra) -> Manifest:
+    staging = Staging(out, {"root": str(root), "size": size, "job": desc, **extra})
     bound = partial(job, root=str(root), out=str(staging.path), size=size)
     manifest = _run(bound, rels, workers=workers, desc=desc, on_bad_sample=on_bad_sample)
     manifest.write(staging.path / MANIFEST)
@@ -168,7 +167,9 @@ def prepare_images(rels: list[str], root: Path, out: Path, size: int, *, workers
 
 
 def render_labels(rels: list[str], root: Path, out: Path, size: int, *, workers: int = 0,
-                  on_bad_sample: str = "error") -> Manifest:
-    """Read each image's keypoints, render the 1024 label, cache it at size x size."""
-    return _process(_label_one, rels, root, out, size, workers=workers,
-                    on_bad_sample=on_bad_sample, desc="render_keypoints")
+                  on_bad_sample: str = "error", source: str = "deepfashion") -> Manifest:
+    """Read each image's keypoints, render its label as the layout of `source` says (DeepFashion-HD: the 1024
+    canvas), cache it at size x size."""
+    extra = {} if source in ("deepfashion", "synthetic") else {"source": source}  # the HD staging spec as before
+    return _process(partial(_label_one, source=source), rels, root, out, size, workers=workers,
+                    on_bad_sample=on_bad_sample, desc="render_keypoints", **extra)

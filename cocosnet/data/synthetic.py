@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
@@ -29,6 +30,7 @@ from scipy.spatial import cKDTree
 
 from cocosnet.data.body import NUM_PARTS, BodyShape, Part, PoseAngles, part_hits, pose_body
 from cocosnet.data.deepfashion import KEYPOINT_FRAME, SquareFrame, pose_paths
+from cocosnet.data.inshop import convert_to_inshop
 from cocosnet.data.pose import write_openpose
 from cocosnet.data.textures import Texture
 from cocosnet.errors import DataError
@@ -204,7 +206,12 @@ class SurfaceMap:
 
 
 def surface_path(root: Path, image_rel: str) -> Path:
-    return root / "surface" / Path(image_rel).relative_to("img").with_suffix(".npz")
+    """`<root>/surface/<image path without its leading img/>.npz`: `img/MEN/.../x.jpg` (DeepFashion-HD
+    layout) -> `surface/MEN/.../x.npz`, `test/x.jpg` (In-shop layout) -> `surface/test/x.npz`."""
+    rel = Path(image_rel)
+    if rel.parts[:1] == ("img",):
+        rel = rel.relative_to("img")
+    return root / "surface" / rel.with_suffix(".npz")
 
 
 def save_surface(path: Path, rendering: Rendering) -> None:
@@ -325,8 +332,10 @@ def _write_lists(root: Path, spec: SyntheticSpec, by_identity: list[list[str]]) 
         atomic_write(root / name, "".join(f"{line}\n" for line in lines))
 
 
-def generate(spec: SyntheticSpec, out_dir: Path, *, workers: int = 1, show_progress: bool = True) -> dict:
-    """Write the synthetic dataset to `out_dir` and return a summary.
+def generate(spec: SyntheticSpec, out_dir: Path, *, workers: int = 1, show_progress: bool = True,
+             layout: str = "deepfashion") -> dict:
+    """Write the synthetic dataset to `out_dir` in `layout` (`deepfashion`, or `inshop`:
+    cocosnet/data/inshop.py) and return a summary.
 
     Work goes to `<out_dir>.partial` first; identities already finished there
     (by an earlier, interrupted run with the same spec) are kept. The finished
@@ -334,7 +343,9 @@ def generate(spec: SyntheticSpec, out_dir: Path, *, workers: int = 1, show_progr
     """
     if spec.views_per_identity < 2:
         raise ValueError("synthetic.views_per_identity must be >= 2 to form self pairs")
-    staging = Staging(Path(out_dir), asdict(spec))
+    if layout not in ("deepfashion", "inshop"):
+        raise ValueError(f"layout must be 'deepfashion' or 'inshop', got {layout!r}")
+    staging = Staging(Path(out_dir), asdict(spec) if layout == "deepfashion" else {**asdict(spec), "layout": layout})
     jobs = [(spec, i, str(staging.path)) for i in range(spec.num_identities)]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -344,8 +355,17 @@ def generate(spec: SyntheticSpec, out_dir: Path, *, workers: int = 1, show_progr
         results = [_write_identity(j) for j in progress(jobs, desc="synthesize", enabled=show_progress)]
     _write_lists(staging.path, spec, results)
     shutil.rmtree(staging.path / "_done")
-    summary = {"identities": spec.num_identities, "images": sum(len(r) for r in results),
-               "spec": asdict(spec)}
+    if layout == "inshop":
+        for old, new in convert_to_inshop(staging.path).items():
+            target = surface_path(staging.path, new)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(surface_path(staging.path, old), target)
+        for folder in sorted((staging.path / "surface").rglob("*"), reverse=True):  # the HD folders, now empty
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+    summary = {"identities": spec.num_identities, "images": sum(len(r) for r in results), "spec": asdict(spec)}
+    if layout != "deepfashion":
+        summary["layout"] = layout
     atomic_write_json(staging.path / "synthetic.json", summary)
     staging.commit()
     return summary

@@ -8,6 +8,12 @@ as `Mixed_5b.branch1x1.conv.weight`, with `fc.*` for 1008 classes, which FID
 does not use). Inputs follow the reference: RGB in [0, 1], resized to 299x299
 bilinearly (align_corners=False, no antialias), scaled to [-1, 1].
 
+The pose-transfer protocol (PATN, GFLA, PCDMs, CFLD) uses another network: torchvision's ImageNet
+`inception_v3` itself (`ImageNetInceptionV3`, weights `inception_v3_google-0cc3c7bd.pth` in torchvision's
+layout), whose average-pool branches count the padding and whose last block pools by average, with the
+same input handling (bilinear to 299x299, [0, 1] scaled to [-1, 1]; torchvision's own `transform_input`
+is not applied, as those scripts call the blocks directly). The two give different FIDs for the same images.
+
 FID is never computed with random weights: without the file the caller gets
 `FidUnavailable` with the reason and how to provide it.
 """
@@ -29,6 +35,11 @@ WEIGHTS_HINT = (
     "pt_inception-2015-12-05-6726825d.pth). Download it on a machine with internet, copy it here, "
     "and set `eval.inception_weights` in params.yaml to its path, e.g. "
     "`dvc exp run -S eval.inception_weights=weights/pt_inception-2015-12-05-6726825d.pth`")
+IMAGENET_WEIGHTS_HINT = (
+    "The pose-transfer protocol's FID needs torchvision's ImageNet Inception-v3 weights file "
+    "inception_v3_google-0cc3c7bd.pth (https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth). "
+    "Download it on a machine with internet, copy it here, and set `eval.imagenet_inception_weights` in "
+    "params.yaml to its path")
 FEATURE_DIM = 2048
 
 
@@ -48,14 +59,15 @@ class BasicConv2d(nn.Module):
         return F.relu(self.bn(self.conv(x)))
 
 
-def _avg_pool(x: Tensor) -> Tensor:
+def _avg_pool(x: Tensor, tf: bool) -> Tensor:
     # The TF graph excludes the padding from the average (torchvision's blocks do not).
-    return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=not tf)
 
 
 class InceptionA(nn.Module):
-    def __init__(self, in_channels: int, pool_features: int):
+    def __init__(self, in_channels: int, pool_features: int, *, tf: bool = True):
         super().__init__()
+        self.tf = tf
         self.branch1x1 = BasicConv2d(in_channels, 64, kernel_size=1)
         self.branch5x5_1 = BasicConv2d(in_channels, 48, kernel_size=1)
         self.branch5x5_2 = BasicConv2d(48, 64, kernel_size=5, padding=2)
@@ -69,7 +81,7 @@ class InceptionA(nn.Module):
             self.branch1x1(x),
             self.branch5x5_2(self.branch5x5_1(x)),
             self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            self.branch_pool(_avg_pool(x)),
+            self.branch_pool(_avg_pool(x, self.tf)),
         ], 1)
 
 
@@ -90,8 +102,9 @@ class InceptionB(nn.Module):
 
 
 class InceptionC(nn.Module):
-    def __init__(self, in_channels: int, channels_7x7: int):
+    def __init__(self, in_channels: int, channels_7x7: int, *, tf: bool = True):
         super().__init__()
+        self.tf = tf
         c7 = channels_7x7
         self.branch1x1 = BasicConv2d(in_channels, 192, kernel_size=1)
         self.branch7x7_1 = BasicConv2d(in_channels, c7, kernel_size=1)
@@ -110,7 +123,7 @@ class InceptionC(nn.Module):
         for layer in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
                       self.branch7x7dbl_5):
             d = layer(d)
-        return torch.cat([self.branch1x1(x), b7, d, self.branch_pool(_avg_pool(x))], 1)
+        return torch.cat([self.branch1x1(x), b7, d, self.branch_pool(_avg_pool(x, self.tf))], 1)
 
 
 class InceptionD(nn.Module):
@@ -131,9 +144,9 @@ class InceptionD(nn.Module):
 class InceptionE(nn.Module):
     """`max_pool` is the TF graph's quirk in the last block (Mixed_7c): a max, not an average, pool branch."""
 
-    def __init__(self, in_channels: int, *, max_pool: bool):
+    def __init__(self, in_channels: int, *, max_pool: bool, tf: bool = True):
         super().__init__()
-        self.max_pool = max_pool
+        self.max_pool, self.tf = max_pool, tf
         self.branch1x1 = BasicConv2d(in_channels, 320, kernel_size=1)
         self.branch3x3_1 = BasicConv2d(in_channels, 384, kernel_size=1)
         self.branch3x3_2a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
@@ -149,31 +162,32 @@ class InceptionE(nn.Module):
         b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
         d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
         d = torch.cat([self.branch3x3dbl_3a(d), self.branch3x3dbl_3b(d)], 1)
-        pool = F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool else _avg_pool(x)
+        pool = F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool else _avg_pool(x, self.tf)
         return torch.cat([self.branch1x1(x), b3, d, self.branch_pool(pool)], 1)
 
 
 class FIDInceptionV3(nn.Module):
-    """images (N, 3, H, W) in [0, 1] -> pool3 features (N, 2048)."""
+    """images (N, 3, H, W) in [0, 1] -> pool3 features (N, 2048). `tf` True: the TF graph's network
+    (pytorch-fid); False: torchvision's ImageNet `inception_v3` (`ImageNetInceptionV3`)."""
 
-    def __init__(self):
+    def __init__(self, *, tf: bool = True):
         super().__init__()
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
         self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
         self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
         self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
-        self.Mixed_5b = InceptionA(192, pool_features=32)
-        self.Mixed_5c = InceptionA(256, pool_features=64)
-        self.Mixed_5d = InceptionA(288, pool_features=64)
+        self.Mixed_5b = InceptionA(192, pool_features=32, tf=tf)
+        self.Mixed_5c = InceptionA(256, pool_features=64, tf=tf)
+        self.Mixed_5d = InceptionA(288, pool_features=64, tf=tf)
         self.Mixed_6a = InceptionB(288)
-        self.Mixed_6b = InceptionC(768, channels_7x7=128)
-        self.Mixed_6c = InceptionC(768, channels_7x7=160)
-        self.Mixed_6d = InceptionC(768, channels_7x7=160)
-        self.Mixed_6e = InceptionC(768, channels_7x7=192)
+        self.Mixed_6b = InceptionC(768, channels_7x7=128, tf=tf)
+        self.Mixed_6c = InceptionC(768, channels_7x7=160, tf=tf)
+        self.Mixed_6d = InceptionC(768, channels_7x7=160, tf=tf)
+        self.Mixed_6e = InceptionC(768, channels_7x7=192, tf=tf)
         self.Mixed_7a = InceptionD(768)
-        self.Mixed_7b = InceptionE(1280, max_pool=False)
-        self.Mixed_7c = InceptionE(2048, max_pool=True)
+        self.Mixed_7b = InceptionE(1280, max_pool=False, tf=tf)
+        self.Mixed_7c = InceptionE(2048, max_pool=tf, tf=tf)
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
@@ -187,32 +201,42 @@ class FIDInceptionV3(nn.Module):
         return F.adaptive_avg_pool2d(x, 1).flatten(1)  # (N, 2048)
 
 
-def load_inception(path: str | Path) -> FIDInceptionV3:
-    """The FID network with weights from `path` (pytorch-fid layout); FidUnavailable when absent or wrong."""
+def ImageNetInceptionV3() -> FIDInceptionV3:  # noqa: N802 - a constructor
+    """torchvision's ImageNet Inception-v3 as the pose-transfer protocol's FID uses it."""
+    return FIDInceptionV3(tf=False)
+
+
+def load_inception(path: str | Path, *, imagenet: bool = False) -> FIDInceptionV3:
+    """The FID network with weights from `path` (pytorch-fid layout; with `imagenet`, torchvision's
+    `inception_v3` and its layout); FidUnavailable when absent or wrong."""
+    key, hint = ("eval.imagenet_inception_weights", IMAGENET_WEIGHTS_HINT) if imagenet else (
+        "eval.inception_weights", WEIGHTS_HINT)
     if not str(path):
-        raise FidUnavailable(f"`eval.inception_weights` is not set. {WEIGHTS_HINT}")
+        raise FidUnavailable(f"`{key}` is not set. {hint}")
     path = Path(path)
     if not path.is_file():
-        raise FidUnavailable(f"Inception weights file {path} does not exist. {WEIGHTS_HINT}")
+        raise FidUnavailable(f"Inception weights file {path} does not exist. {hint}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
-        raise FidUnavailable(f"cannot read Inception weights {path}: {exc}. {WEIGHTS_HINT}") from exc
+        raise FidUnavailable(f"cannot read Inception weights {path}: {exc}. {hint}") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    model = FIDInceptionV3()
+    model = FIDInceptionV3(tf=not imagenet)
     expected = model.state_dict()
-    state = {k: v for k, v in state.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    unused = ("fc.", "AuxLogits.")  # the classifier heads; FID reads pool3
+    state = {k: v for k, v in state.items() if not k.startswith(unused) and not k.endswith("num_batches_tracked")}
     wanted = {k for k in expected if not k.endswith("num_batches_tracked")}
     missing, unexpected = sorted(wanted - set(state)), sorted(set(state) - wanted)
     if missing or unexpected:
-        raise FidUnavailable(f"{path} is not in the pytorch-fid Inception layout: missing keys {missing[:5]}"
+        layout = "torchvision Inception-v3" if imagenet else "pytorch-fid Inception"
+        raise FidUnavailable(f"{path} is not in the {layout} layout: missing keys {missing[:5]}"
                              f"{' ...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
-                             f"{' ...' if len(unexpected) > 5 else ''}. {WEIGHTS_HINT}")
-    for key in wanted:
-        if tuple(state[key].shape) != tuple(expected[key].shape):
-            raise FidUnavailable(f"{path}: `{key}` has shape {tuple(state[key].shape)}, expected "
-                                 f"{tuple(expected[key].shape)}. {WEIGHTS_HINT}")
+                             f"{' ...' if len(unexpected) > 5 else ''}. {hint}")
+    for name in wanted:
+        if tuple(state[name].shape) != tuple(expected[name].shape):
+            raise FidUnavailable(f"{path}: `{name}` has shape {tuple(state[name].shape)}, expected "
+                                 f"{tuple(expected[name].shape)}. {hint}")
     model.load_state_dict(state, strict=False)
     return model.eval()
 

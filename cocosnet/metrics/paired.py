@@ -40,9 +40,11 @@ def _gaussian(size: int = 11, sigma: float = 1.5) -> Tensor:
     return (g / g.sum()).float()
 
 
-def ssim(a: Tensor, b: Tensor, *, window: int = 11, sigma: float = 1.5) -> Tensor:
-    """SSIM (Wang et al. 2004): 11x11 Gaussian window (sigma 1.5), K1 0.01, K2 0.03, L 255,
-    valid-region average, mean over channels; per image."""
+def ssim(a: Tensor, b: Tensor, *, window: int = 11, sigma: float = 1.5,
+         data_range: float | Tensor = 255.0) -> Tensor:
+    """SSIM (Wang et al. 2004): 11x11 Gaussian window (sigma 1.5), K1 0.01, K2 0.03, L `data_range` (255, or
+    one value per image), population (co)variances, valid-region average, mean over channels; per image.
+    The valid region is the interior that skimage's reflect-padded filter keeps after cropping its border."""
     _check(a, b)
     x, y = _to255(a), _to255(b)
     g = _gaussian(window, sigma).to(x.device)
@@ -53,6 +55,10 @@ def ssim(a: Tensor, b: Tensor, *, window: int = 11, sigma: float = 1.5) -> Tenso
     mx, my, sxx, syy, sxy = blurred.split(c, dim=1)
     vx, vy, cxy = sxx - mx ** 2, syy - my ** 2, sxy - mx * my
 
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    if isinstance(data_range, Tensor):
+        r = data_range.to(x).reshape(-1, 1, 1, 1)
+        c1, c2 = (0.01 * r) ** 2, (0.03 * r) ** 2
+    else:
+        c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
     return s.flatten(1).mean(1)

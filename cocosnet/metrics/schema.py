@@ -6,12 +6,14 @@ ranks runs by those names with `higher_is_better`. A new metric is added here
 once and appears everywhere.
 
     {"pairs": int, "ref_pairs": int, "jpeg_quality": int, "vgg_weights": str,
-     "paired": {"l1" | "psnr" | "ssim": {who: f}, "lpips": {"unavailable": str}},   # who in IMAGE_WHO
+     "protocol": {"name": "cocosnet" | "pose_transfer", ...: str},   # cocosnet/metrics/pose_transfer.py
+     "paired": {"l1" | "psnr" | "ssim": {who: f}, "lpips": {who: f} | {"unavailable": str}},   # who in IMAGE_WHO
      "swd": {who: f,                                        # avg over levels, PGGAN protocol
              "per_level": {who: {"<px>": f, ..., "avg": f}},
              "shared_draws": {who: f},                      # the common-random-numbers variant
              "images": int, "resolution": int, "seed": int} | {"unavailable": str},
-     "fid": {who: f, "images": int, "weights": str} | {"unavailable": str},
+     "fid": {who: f, "images": int, "weights": str} | {"unavailable": str},   # pose_transfer: against the
+                                                                             # training split, on the self pairs
      "correspondence": {"epe_px" | "acc_1px" | "acc_3px": {who: f},   # at the finest level
                         "per_level": {who: {"<level>": {"epe_px": f, "acc_1px": f, "acc_3px": f,
                                                          "pixels": int}}}}}

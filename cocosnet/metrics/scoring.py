@@ -31,10 +31,13 @@ def _check_counts(real: list[Path], candidates: dict[str, list[Path]]) -> None:
             raise ValueError(f"{who}: {len(files)} images, but the reference set has {len(real)}")
 
 
-def paired_scores(real: list[Path], candidates: dict[str, list[Path]]) -> dict[str, dict[str, float]]:
-    """{metric: {who: mean over pairs}} for L1 / PSNR / SSIM, reading the files a chunk at a time."""
+def paired_scores(real: list[Path], candidates: dict[str, list[Path]], *,
+                  functions: dict | None = None) -> dict[str, dict[str, float]]:
+    """{metric: {who: mean over pairs}} for L1 / PSNR / SSIM (or the per-image `functions` of (candidate,
+    reference) batches in [-1, 1]), reading the files a chunk at a time."""
+    functions = PAIRED if functions is None else functions
     _check_counts(real, candidates)
-    sums = {name: dict.fromkeys(candidates, 0.0) for name in PAIRED}
+    sums = {name: dict.fromkeys(candidates, 0.0) for name in functions}
     batches = zip(chunks(real), *(chunks(files) for files in candidates.values()))
     for real_chunk, *candidate_chunks in batches:
         reference = load_image_set(real_chunk)
@@ -43,7 +46,7 @@ def paired_scores(real: list[Path], candidates: dict[str, list[Path]]) -> dict[s
             if images.shape != reference.shape:
                 raise ValueError(f"{chunk[0]} is {images.shape[2]}x{images.shape[1]} but {real_chunk[0]} is "
                                  f"{reference.shape[2]}x{reference.shape[1]}; paired sets must have one size")
-            for name, fn in PAIRED.items():
+            for name, fn in functions.items():
                 sums[name][who] += float(fn(_to_signed(images), _to_signed(reference)).sum())
     return {name: {who: total / len(real) for who, total in d.items()} for name, d in sums.items()}
 
