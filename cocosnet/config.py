@@ -140,6 +140,7 @@ class DiscriminatorConfig:
 @dataclass(frozen=True)
 class RefinerConfig:
     width: int = check(0, MAX_WIDTH)  # channels of the refiner (models/refiner.py); 0 = none (official)
+    select: Literal["soft", "hard"]  # soft: re-weighted candidates; hard: the best one per pixel (straight-through)
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,9 @@ class LossWeights:
 ADDED_KEYS = {"model.generator.warp_skip": "none", "loss_weights.recon": 0.0, "loss_weights.rank": 0.0,
               "loss_weights.rank_truth": 0.0, "model.refiner.width": 0, "launch.nproc_per_node": 1,
               "launch.nnodes": 1, "launch.rdzv_endpoint": "", "launch.rdzv_id": "cocosnet",
+              "model.refiner.select": "soft", "eval.protocol": "cocosnet", "eval.imagenet_inception_weights": "",
+              "eval.pose_transfer_fid_input": "gfla", "eval.pose_transfer_ssim_sigma": 1.5,
+              "eval.lpips_weights": "", "eval.alexnet_weights": "",
               **{f"refine.{k}": v for k, v in {
                   "steps": 0, "batch_size": 8, "lr": 1.0e-3, "edge_weight": 3.0, "pool": 400, "grad_clip": 0.0,
                   "checkpoint_every": 100, "keep_last": 2, "log_every": 10, "sample_every": 500, "workers": 0,
@@ -261,6 +265,8 @@ class EvalConfig:
     inception_weights: str  # pytorch-fid Inception file; "" = FID reported unavailable
     protocol: Literal["cocosnet", "pose_transfer"]  # cocosnet/metrics/pose_transfer.py, docs/evaluation.md
     imagenet_inception_weights: str  # torchvision inception_v3 file, the pose-transfer FID; "" = unavailable
+    pose_transfer_fid_input: Literal["gfla", "cfld"]  # how that FID feeds the network (metrics/fid.py)
+    pose_transfer_ssim_sigma: float = check(**POSITIVE)  # GFLA, CFLD: 1.5; PIDM: 1.2
     lpips_weights: str  # LPIPS v0.1 AlexNet linear heads (alex.pth); "" = LPIPS unavailable
     alexnet_weights: str  # torchvision AlexNet file, LPIPS's trunk; "" = LPIPS unavailable
 

@@ -210,11 +210,12 @@ def lpips_metric(cfg: Config, device: torch.device) -> tuple[Callable | None, st
 
 
 def paired_metrics(folder: Path, *, protocol: str = "cocosnet", lpips: Callable | None = None,
-                   lpips_unavailable: str = LPIPS_UNSET) -> dict:
+                   lpips_unavailable: str = LPIPS_UNSET, ssim_sigma: float = 1.5) -> dict:
     """L1 / PSNR / SSIM (the protocol's variant) and LPIPS when given, of the output and of both baselines
     (the finest warp, the copied exemplar) against the target, from the saved files."""
     files = _role_files(folder)
-    functions = {"l1": l1, "psnr": psnr, "ssim": pose_transfer_ssim if protocol == "pose_transfer" else ssim}
+    functions = {"l1": l1, "psnr": psnr,
+                 "ssim": partial(pose_transfer_ssim, sigma=ssim_sigma) if protocol == "pose_transfer" else ssim}
     if lpips is not None:
         functions["lpips"] = lpips
     out: dict = paired_scores(files["real"], _candidates(files), functions=functions)
@@ -261,7 +262,8 @@ def evaluate(cfg: Config, trained: CoCosNet, untrained: CoCosNet, pairs: pd.Data
     root = Path(cfg.data.root)
     has_gt = bool(len(self_table)) and surface_path(root, self_table.iloc[0]["target"]).exists()
     metrics: dict = {"pairs": len(self_table), "ref_pairs": len(ref_table), "jpeg_quality": cfg.eval.jpeg_quality,
-                     "protocol": describe(cfg.eval.protocol)}
+                     "protocol": describe(cfg.eval.protocol, fid_input=cfg.eval.pose_transfer_fid_input,
+                                          ssim_sigma=cfg.eval.pose_transfer_ssim_sigma)}
     grids: dict[str, Image.Image] = {}
     lpips, lpips_unavailable = lpips_metric(cfg, device)
     self_folder = None
@@ -270,7 +272,8 @@ def evaluate(cfg: Config, trained: CoCosNet, untrained: CoCosNet, pairs: pd.Data
                         device=device, with_gt=has_gt, fingerprint=fingerprint)
         self_folder = done.folder
         metrics["paired"] = paired_metrics(done.folder, protocol=cfg.eval.protocol, lpips=lpips,
-                                           lpips_unavailable=lpips_unavailable)
+                                           lpips_unavailable=lpips_unavailable,
+                                           ssim_sigma=cfg.eval.pose_transfer_ssim_sigma)
         if has_gt:
             metrics["correspondence"] = correspondence_metrics(done.errors)
         if done.grid is not None:
@@ -301,6 +304,7 @@ def training_split_fid(cfg: Config, folder: Path | None, *, device: torch.device
         return {"unavailable": f"the training split of {root} lists {len(train)} existing images"}
     try:
         return pose_transfer_fid(train, _candidates(_role_files(folder)), weights=cfg.eval.imagenet_inception_weights,
-                                 cache=Path(cfg.data.processed) / "fid_train_statistics.npz", device=device)
+                                 cache=Path(cfg.data.processed) / "fid_train_statistics.npz",
+                                 input_transform=cfg.eval.pose_transfer_fid_input, device=device)
     except FidUnavailable as exc:
         return {"unavailable": str(exc)}

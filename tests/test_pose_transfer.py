@@ -98,11 +98,13 @@ def test_lpips_without_its_files_says_which_and_where_to_get_them(tmp_path):
         load_lpips(heads_file, tmp_path / "badshape.pth")
 
 
-def skimage_ssim_256(gt, pred):
-    """skimage.metrics.structural_similarity(gt, pred, gaussian_weights=True, sigma=1.5,
+def skimage_ssim_256(gt, pred, sigma=1.5):
+    """skimage.metrics.structural_similarity(gt, pred, gaussian_weights=True, sigma=sigma,
     use_sample_covariance=False, channel_axis=2, data_range=pred.max() - pred.min()), transcribed: Gaussian
-    filter (truncate 3.5, reflect), the 5-pixel border cropped, mean over channels."""
+    filter (truncate 3.5, reflect), the border of half the window (int(3.5 sigma + 0.5)) cropped, mean over
+    channels."""
     gt, pred = gt.astype(np.float64), pred.astype(np.float64)
+    pad = int(3.5 * sigma + 0.5)
     r = pred.max() - pred.min()
     c1, c2 = (0.01 * r) ** 2, (0.03 * r) ** 2
     out = []
@@ -110,12 +112,12 @@ def skimage_ssim_256(gt, pred):
         x, y = pred[..., c], gt[..., c]
 
         def f(a):
-            return ndimage.gaussian_filter(a, sigma=1.5, truncate=3.5, mode="reflect")
+            return ndimage.gaussian_filter(a, sigma=sigma, truncate=3.5, mode="reflect")
 
         ux, uy = f(x), f(y)
         vx, vy, vxy = f(x * x) - ux * ux, f(y * y) - uy * uy, f(x * y) - ux * uy
         s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
-        out.append(s[5:-5, 5:-5].mean())
+        out.append(s[pad:-pad, pad:-pad].mean())
     return float(np.mean(out))
 
 
@@ -129,6 +131,8 @@ def test_pose_transfer_ssim_matches_a_transcription_of_skimages():
 
     ours = float(pose_transfer_ssim(signed(pred), signed(gt))[0])
     assert ours == pytest.approx(skimage_ssim_256(gt, pred), abs=2e-5)
+    pidm = float(pose_transfer_ssim(signed(pred), signed(gt), sigma=1.2)[0])  # PIDM's variant: a 9 px window
+    assert pidm == pytest.approx(skimage_ssim_256(gt, pred, sigma=1.2), abs=2e-5) and abs(pidm - ours) > 1e-3
     from cocosnet.metrics.paired import ssim
     assert abs(ours - float(ssim(signed(pred), signed(gt))[0])) > 0.01  # the data range matters (0.02 here)
 
@@ -168,6 +172,14 @@ def test_the_imagenet_inception_loads_torchvisions_layout_and_pools_as_torchvisi
     with torch.no_grad():
         a, b = imagenet(x), tf.eval()(x)
     assert a.shape == b.shape == (2, 2048) and not torch.allclose(a, b)  # same weights, another network
+    cfld = load_inception(path, imagenet=True, input_transform="cfld")
+    with torch.no_grad():
+        assert not torch.allclose(cfld(x), a)  # CFLD feeds the same network other values
+        fed = {}
+        cfld.Conv2d_1a_3x3.register_forward_hook(lambda m, i, o: fed.update(x=i[0]))  # returns None: output kept
+        cfld(torch.full((1, 3, 8, 8), 0.5))
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    torch.testing.assert_close(fed["x"][0, :, 0, 0], 0.5 * std / 0.5 + (mean - 0.5) / 0.5)
     block = ImageNetInceptionV3().Mixed_5b.eval()
     y = torch.rand(1, 192, 9, 9)
     with torch.no_grad():
@@ -182,7 +194,7 @@ def test_training_statistics_are_cached_and_recomputed_when_the_images_change(tm
         calls.append(len(paths))
         return np.full(3, float(len(calls))), np.eye(3)
 
-    monkeypatch.setattr(pose_transfer, "load_inception", lambda weights, imagenet: None)
+    monkeypatch.setattr(pose_transfer, "load_inception", lambda weights, imagenet, input_transform: None)
     monkeypatch.setattr(pose_transfer, "file_statistics", fake_stats)
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"x")
@@ -199,6 +211,8 @@ def test_training_statistics_are_cached_and_recomputed_when_the_images_change(tm
     os.utime(images[0], ns=(1, 1))
     changed, _ = training_statistics(images, str(weights), cache)
     assert calls == [3, 3] and not np.array_equal(changed, mu)
+    training_statistics(images, str(weights), cache, input_transform="cfld")
+    assert calls == [3, 3, 3]  # another input transform, other statistics
 
 
 @pytest.fixture(scope="module")
@@ -254,14 +268,14 @@ def test_the_pose_transfer_fid_uses_the_training_split(inshop_setup, tmp_path, m
     torch.save(torchvision_inception_state(), weights)
     seen = {}
 
-    def fake_fid(train, candidates, *, weights, cache, device):
-        seen.update(train=train, candidates=candidates, weights=weights)
+    def fake_fid(train, candidates, *, weights, cache, input_transform, device):
+        seen.update(train=train, candidates=candidates, weights=weights, input_transform=input_transform)
         return {who: 1.0 for who in candidates}
 
     from cocosnet import evaluate as evaluation
     monkeypatch.setattr(evaluation, "pose_transfer_fid", fake_fid)
     raw = json.loads(json.dumps(raw))
-    raw["eval"].update(protocol="pose_transfer", imagenet_inception_weights=str(weights))
+    raw["eval"].update(protocol="pose_transfer", imagenet_inception_weights=str(weights), pose_transfer_fid_input="cfld")
     cfg = config_from_dict(raw)
     pairs = pd.read_parquet(processed / "pairs.parquet")
     from cocosnet.train.checkpoint import load_model
@@ -271,3 +285,4 @@ def test_the_pose_transfer_fid_uses_the_training_split(inshop_setup, tmp_path, m
     assert [p.name for p in seen["train"]] == train_list
     assert len(seen["candidates"]["model"]) == metrics["pairs"]  # the self pairs' outputs, not the ref pairs'
     assert metrics["fid"] == {"model": 1.0, "finest_warp": 1.0, "copy_exemplar": 1.0}
+    assert seen["input_transform"] == "cfld" and "cfld input" in metrics["protocol"]["fid_network"]

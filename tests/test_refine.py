@@ -65,6 +65,27 @@ def test_the_refiner_can_pick_any_candidate_and_correct_the_colour():
         refiner(colors[:, :3], scores[..., :3], label, warp)
 
 
+def test_hard_selection_keeps_one_candidate_per_pixel_and_passes_the_softmax_gradient():
+    colors, scores, label = _candidates()
+    warp = (colors * (scores.permute(0, 3, 1, 2) / 0.01).softmax(1).unsqueeze(2)).sum(1)
+    soft = Refiner(4, 20, width=8, temperature=0.01)
+    hard = Refiner(4, 20, width=8, temperature=0.01, select="hard")
+    hard.load_state_dict(soft.state_dict())
+    assert torch.equal(soft(colors, scores, label, warp), warp)  # soft starts at its input
+    out = hard(colors, scores, label, warp)
+    first = colors.gather(1, (scores.permute(0, 3, 1, 2) / 0.01).argmax(1)[:, None, None].expand(-1, 1, 3, -1, -1))[:, 0]
+    torch.testing.assert_close(out, first, atol=1e-5, rtol=0)  # untrained: the best-scored candidate itself
+    with torch.no_grad():
+        hard.out.bias[2] = 1e4
+    torch.testing.assert_close(hard(colors, scores, label, warp), colors[:, 2], atol=1e-5, rtol=0)
+    with torch.no_grad():
+        hard.out.bias[2] = 0.0
+    (hard(colors, scores, label, warp) - colors[:, 1]).abs().mean().backward()
+    assert hard.out.weight.grad[:4].abs().sum() > 0  # the logit offsets learn through the one-hot choice
+    with pytest.raises(ValueError, match="select must be 'soft' or 'hard'"):
+        Refiner(4, 20, width=8, temperature=0.01, select="median")
+
+
 def test_candidate_colours_sample_each_position_and_are_resized_to_the_output():
     source = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).view(2, 3, 4, 5)
     coords = torch.zeros(2, 4, 5, 2, 2)

@@ -41,6 +41,12 @@ IMAGENET_WEIGHTS_HINT = (
     "Download it on a machine with internet, copy it here, and set `eval.imagenet_inception_weights` in "
     "params.yaml to its path")
 FEATURE_DIM = 2048
+# How the pose-transfer scripts feed [0, 1] images to torchvision's Inception after the bilinear resize to
+# 299: GFLA and PIDM scale to [-1, 1] (2x - 1, the old torchvision-based pytorch-fid); CFLD applies
+# torchvision's `transform_input` map (x * std / 0.5 + (mean - 0.5) / 0.5) to the [0, 1] images.
+INPUT_TRANSFORMS = ("gfla", "cfld")
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
 class FidUnavailable(RuntimeError):
@@ -170,8 +176,11 @@ class FIDInceptionV3(nn.Module):
     """images (N, 3, H, W) in [0, 1] -> pool3 features (N, 2048). `tf` True: the TF graph's network
     (pytorch-fid); False: torchvision's ImageNet `inception_v3` (`ImageNetInceptionV3`)."""
 
-    def __init__(self, *, tf: bool = True):
+    def __init__(self, *, tf: bool = True, input_transform: str = "gfla"):
         super().__init__()
+        if input_transform not in INPUT_TRANSFORMS:
+            raise ValueError(f"input_transform must be one of {INPUT_TRANSFORMS}, got {input_transform!r}")
+        self.input_transform = input_transform
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
         self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
@@ -191,7 +200,10 @@ class FIDInceptionV3(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-        x = 2 * x - 1
+        if self.input_transform == "cfld":  # CFLD: torchvision's ImageNet-to-[-1, 1] map applied to [0, 1]
+            x = x * IMAGENET_STD.to(x) / 0.5 + (IMAGENET_MEAN.to(x) - 0.5) / 0.5
+        else:
+            x = 2 * x - 1
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, 3, stride=2)
         x = F.max_pool2d(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)), 3, stride=2)
@@ -201,14 +213,14 @@ class FIDInceptionV3(nn.Module):
         return F.adaptive_avg_pool2d(x, 1).flatten(1)  # (N, 2048)
 
 
-def ImageNetInceptionV3() -> FIDInceptionV3:  # noqa: N802 - a constructor
+def ImageNetInceptionV3(input_transform: str = "gfla") -> FIDInceptionV3:  # noqa: N802 - a constructor
     """torchvision's ImageNet Inception-v3 as the pose-transfer protocol's FID uses it."""
-    return FIDInceptionV3(tf=False)
+    return FIDInceptionV3(tf=False, input_transform=input_transform)
 
 
-def load_inception(path: str | Path, *, imagenet: bool = False) -> FIDInceptionV3:
+def load_inception(path: str | Path, *, imagenet: bool = False, input_transform: str = "gfla") -> FIDInceptionV3:
     """The FID network with weights from `path` (pytorch-fid layout; with `imagenet`, torchvision's
-    `inception_v3` and its layout); FidUnavailable when absent or wrong."""
+    `inception_v3` and its layout, fed as `input_transform` says); FidUnavailable when absent or wrong."""
     key, hint = ("eval.imagenet_inception_weights", IMAGENET_WEIGHTS_HINT) if imagenet else (
         "eval.inception_weights", WEIGHTS_HINT)
     if not str(path):
@@ -222,7 +234,7 @@ def load_inception(path: str | Path, *, imagenet: bool = False) -> FIDInceptionV
         raise FidUnavailable(f"cannot read Inception weights {path}: {exc}. {hint}") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    model = FIDInceptionV3(tf=not imagenet)
+    model = FIDInceptionV3(tf=not imagenet, input_transform=input_transform if imagenet else "gfla")
     expected = model.state_dict()
     unused = ("fc.", "AuxLogits.")  # the classifier heads; FID reads pool3
     state = {k: v for k, v in state.items() if not k.startswith(unused) and not k.endswith("num_batches_tracked")}

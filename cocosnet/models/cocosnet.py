@@ -86,8 +86,8 @@ class CoCosNet(nn.Module):
         self.generator = SPADEGenerator(3 * len(cfg.align.widths) + label_nc, ngf=g.ngf, head_width=g.head_width,
                                         spade_hidden=g.spade_hidden, warp_skip=g.warp_skip)
         c = cfg.correspondence
-        self.refiner = (Refiner(c.num_candidates[-1], label_nc, width=cfg.refiner.width, temperature=c.temperature)
-                        if cfg.refiner.width > 0 else None)
+        self.refiner = (Refiner(c.num_candidates[-1], label_nc, width=cfg.refiner.width, temperature=c.temperature,
+                                select=cfg.refiner.select) if cfg.refiner.width > 0 else None)
 
     @classmethod
     def from_config(cls, cfg: Config) -> CoCosNet:

@@ -134,8 +134,8 @@ def official_model_config(corr: Mapping[str, Tensor], gen: Mapping[str, Tensor],
         raise WeightsError(f"{gen_name}: fc.weight takes {fc[1]} channels; {levels} warps and the label make "
                            f"{3 * levels + LABEL_CHANNELS}")
     found = (ModelConfig(align=align, correspondence=official_correspondence(levels), generator=generator,
-                         discriminator=OFFICIAL_DISCRIMINATOR, refiner=RefinerConfig(width=0)) if base is None
-             else replace(base, align=align, generator=generator, refiner=RefinerConfig(width=0)))
+                         discriminator=OFFICIAL_DISCRIMINATOR, refiner=RefinerConfig(width=0, select="soft")) if base is None
+             else replace(base, align=align, generator=generator, refiner=RefinerConfig(width=0, select="soft")))
     try:
         return checked(found, "model")
     except ConfigError as exc:

@@ -7,7 +7,10 @@ by 40% (docs/decisions/2026-12-06-candidate-selector.md). The refiner sees every
 and score, the target label and the generator's image, and returns that image plus two learned
 changes: a re-weighting of the candidates (the matcher's softmax replaced by one with learned logit
 offsets, applied as a difference) and an RGB correction. Its last convolution starts at zero, so
-before training it returns the generator's image exactly.
+before training it returns the generator's image exactly. With `select: hard` the re-weighting keeps one
+candidate per pixel, the one the learned weights rank first (straight-through: the softmax's gradient flows
+back), so the output is an exemplar pixel rather than an average of several, which blurs the finest scales
+(docs/studies/generation.md, section 6); it no longer starts at the generator's image.
 
 It is trained in a stage of its own (`refine`, cocosnet/train/refine.py) on the frozen matcher and
 generator, at a batch size the GAN stage cannot afford on a CPU. Not in the official code.
@@ -36,10 +39,13 @@ class Refiner(nn.Module):
     """Candidates (B, k, 3, H, W), their scores (B, H, W, k), the label (B, label_nc, H, W) and the
     generator's image (B, 3, H, W) -> the refined image (B, 3, H, W), unclamped (the caller clamps)."""
 
-    def __init__(self, num_candidates: int, label_nc: int, *, width: int, temperature: float):
+    def __init__(self, num_candidates: int, label_nc: int, *, width: int, temperature: float,
+                 select: str = "soft"):
         super().__init__()
+        if select not in ("soft", "hard"):
+            raise ValueError(f"select must be 'soft' or 'hard', got {select!r}")
         k = num_candidates
-        self.k, self.temperature = k, temperature
+        self.k, self.temperature, self.select = k, temperature, select
         # in: k colours, k score gaps, the label, the image; one dilated layer widens the view to 11 px
         self.body = nn.Sequential(
             nn.Conv2d(4 * k + label_nc + 3, width, 3, padding=1), nn.LeakyReLU(0.2),
@@ -58,7 +64,11 @@ class Refiner(nn.Module):
         gaps = (scores - scores[:, :1]) * SCORE_SCALE
         x = self.out(self.body(torch.cat([colors.reshape(b, 3 * k, h, w), gaps, label, image], dim=1)))
         logits = scores / self.temperature
-        change = (logits + x[:, :k]).softmax(dim=1) - logits.softmax(dim=1)  # (B, k, H, W)
+        weights = (logits + x[:, :k]).softmax(dim=1)  # (B, k, H, W)
+        if self.select == "hard":  # one candidate per pixel forward, the softmax's gradient backward
+            one = torch.zeros_like(weights).scatter_(1, weights.argmax(1, keepdim=True), 1.0)
+            weights = one + weights - weights.detach()
+        change = weights - logits.softmax(dim=1)
         return image + (colors * change.unsqueeze(2)).sum(1) + x[:, k:]
 
 

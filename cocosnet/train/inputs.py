@@ -58,7 +58,7 @@ def stage_config(cfg: Config, spec: StageSpec) -> Config:
     which only the refine stage adds and trains (so its settings never retrain the GAN)."""
     if spec.name == REFINE.name:
         return cfg
-    return replace(cfg, model=replace(cfg.model, refiner=RefinerConfig(width=0)))
+    return replace(cfg, model=replace(cfg.model, refiner=RefinerConfig(width=0, select="soft")))
 
 
 def _selected(key: str, prefixes: tuple[str, ...]) -> bool:
