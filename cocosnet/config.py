@@ -179,7 +179,8 @@ ADDED_KEYS = {"model.generator.warp_skip": "none", "loss_weights.recon": 0.0, "l
               "eval.pose_transfer_fid_input": "gfla", "eval.pose_transfer_ssim_sigma": 1.5,
               "eval.lpips_weights": "", "eval.alexnet_weights": "",
               **{f"refine.{k}": v for k, v in {
-                  "steps": 0, "batch_size": 8, "lr": 1.0e-3, "edge_weight": 3.0, "pool": 400, "grad_clip": 0.0,
+                  "steps": 0, "batch_size": 8, "lr": 1.0e-3, "edge_weight": 3.0, "texture_weight": 0.0, "pool": 400,
+                  "grad_clip": 0.0,
                   "checkpoint_every": 100, "keep_last": 2, "log_every": 10, "sample_every": 500, "workers": 0,
                   "seed": 1234}.items()}}
 
@@ -239,12 +240,14 @@ class TrainConfig:
 class RefineConfig:
     """The refiner alone on the frozen matcher and generator of the GAN stage, on a fixed pool of
     training crops whose candidates are computed once (cocosnet/train/refine.py). Adam, L1 to the target
-    plus `edge_weight` x the L1 of its image differences, the learning rate decaying linearly to 0."""
+    plus `edge_weight` x the L1 of its image differences and `texture_weight` x the finest band's texture
+    term (train/refine.py), the learning rate decaying linearly to 0."""
 
     steps: int = check(0)  # 0 = no refinement: the stage writes the GAN stage's model
     batch_size: int = check(1)
     lr: float = check(**POSITIVE)  # decays linearly to 0 over the steps
     edge_weight: float = check(0)  # weight of the L1 of image differences beside the L1 (refine_terms)
+    texture_weight: float = check(0)  # weight of the finest band's sliced Wasserstein term (texture_term)
     pool: int = check(1)  # training crops cached (each drawn once, a fixed crop per pair)
     grad_clip: float = check(0)  # max gradient norm; 0 = off
     checkpoint_every: int = check(1)

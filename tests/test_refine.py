@@ -12,7 +12,7 @@ from cocosnet.models.refiner import Refiner, candidate_colors, refiner_inputs
 from cocosnet.train.checkpoint import list_checkpoints, load_checkpoint
 from cocosnet.train.inputs import STAGES
 from cocosnet.train.loop import RunPaths, run_training
-from cocosnet.train.refine import refine_terms
+from cocosnet.train.refine import finest_band, refine_terms, texture_term
 from tests.helpers import CPU, prepare_data, state, tiny_training_config
 
 
@@ -109,6 +109,22 @@ def test_the_refine_terms_are_zero_only_at_the_target_and_the_edge_term_ignores_
     assert refine_terms(blurred, target)[1] > 0.1
 
 
+def test_the_texture_term_sees_blur_not_misalignment_and_its_gradient_reaches_the_output():
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 3, 48, 48, generator=g) * 2 - 1
+    blurred = torch.nn.functional.avg_pool2d(target, 3, 1, 1)
+    shifted = target.roll(3, dims=-1)  # the same texture, misaligned by 3 px
+    term = lambda out: float(texture_term(out, target, torch.Generator().manual_seed(1)))  # noqa: E731
+    assert term(blurred) > 3 * term(shifted) and term(blurred) > 3 * term(target)
+    l1_blur, l1_shift = (blurred - target).abs().mean(), (shifted - target).abs().mean()
+    assert l1_shift > l1_blur  # L1 prefers the blur the texture term penalises
+    out = blurred.clone().requires_grad_()
+    texture_term(out, target, torch.Generator().manual_seed(1)).backward()
+    assert out.grad.abs().sum() > 0
+    flat = torch.zeros(1, 3, 16, 16)
+    assert torch.equal(finest_band(flat + 0.3), flat)  # a constant has no band
+
+
 def test_model_refiner_width_zero_is_the_model_without_a_refiner(data):
     """An untrained refiner changes nothing: the model with one computes what the model without one does."""
     raw, processed = data
@@ -183,7 +199,7 @@ def test_the_refine_pool_is_fixed_and_its_settings_change_the_result(data, gan_m
     cfg, init = gan_model
     _, base = train(_refine(cfg, 3), "refine", processed, tmp_path / "base", init=init)
     for name, change in {"lr": {"lr": cfg.refine.lr * 10}, "pool": {"pool": 2}, "grad_clip": {"grad_clip": 1e-6},
-                         "edge_weight": {"edge_weight": 0.0}}.items():
+                         "edge_weight": {"edge_weight": 0.0}, "texture_weight": {"texture_weight": 1.0}}.items():
         _, other = train(_refine(cfg, 3, **change), "refine", processed, tmp_path / name, init=init)
         assert not torch.equal(other.refiner.out.weight, base.refiner.out.weight), name
 

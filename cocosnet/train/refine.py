@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import Dataset
@@ -34,6 +35,33 @@ def refine_terms(output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     return (output - target).abs().mean(), edges
 
 
+_BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16  # the SWD pyramid's kernel (cocosnet/metrics/swd.py)
+
+
+def finest_band(x: Tensor) -> Tensor:
+    """(B, C, H, W) -> its finest Laplacian band: the image minus its 5x5 binomial blur (reflect borders)."""
+    kernel = (_BINOMIAL[:, None] * _BINOMIAL[None, :]).to(x).expand(x.shape[1], 1, 5, 5)
+    return x - F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), kernel, groups=x.shape[1])
+
+
+def texture_term(output: Tensor, target: Tensor, generator: torch.Generator, *, patch: int = 7,
+                 samples: int = 256, directions: int = 64) -> Tensor:
+    """Sliced Wasserstein distance between the `patch` x `patch` neighbourhoods of the finest band of each
+    output and of its target (`samples` random ones each, drawn independently, projected on `directions`
+    random unit vectors, sorted), averaged over images and directions. It compares texture statistics, not
+    aligned pixels, so it does not reward the average of uncertain candidates that L1 and the edge term
+    reward: that average is what blurs the finest scales (docs/studies/generation.md, section 6)."""
+    po, pt = F.unfold(finest_band(output), patch), F.unfold(finest_band(target), patch)  # (B, C*patch^2, L)
+    dirs = torch.randn(po.shape[1], directions, generator=generator).to(po)
+    dirs = dirs / dirs.norm(dim=0, keepdim=True)
+
+    def projected(p: Tensor) -> Tensor:
+        idx = torch.randint(p.shape[-1], (samples,), generator=generator).to(p.device)
+        return (p[..., idx].transpose(1, 2) @ dirs).sort(dim=1).values  # (B, samples, directions)
+
+    return (projected(po) - projected(pt)).abs().mean()
+
+
 def refine_pool(training: pd.DataFrame, cfg: RefineConfig) -> pd.DataFrame:
     """The stage's fixed pool: `cfg.pool` training rows drawn with `cfg.seed` (all of them when fewer)."""
     if cfg.pool >= len(training):
@@ -42,8 +70,9 @@ def refine_pool(training: pd.DataFrame, cfg: RefineConfig) -> pd.DataFrame:
 
 
 class RefineTrainer:
-    """Adam on `model.refiner` against the L1 to the target and to its edges (`refine.edge_weight`), the
-    learning rate decaying linearly to 0 over the run; the matcher and the generator stay frozen."""
+    """Adam on `model.refiner` against the L1 to the target and to its edges (`refine.edge_weight`), plus
+    the finest band's texture statistics (`refine.texture_weight`), the learning rate decaying linearly to 0
+    over the run; the matcher and the generator stay frozen."""
 
     def __init__(self, model: CoCosNet, cfg: RefineConfig, *, device: torch.device, distributed: bool = False):
         if model.refiner is None:
@@ -91,6 +120,11 @@ class RefineTrainer:
         out = self.net(colors, scores, b["label"], image)  # unclamped: a clamped pixel would pass no gradient
         l1, edges = refine_terms(out, b["image"])
         loss = l1 + self.cfg.edge_weight * edges
+        terms = {"refine_l1": l1.item(), "refine_edges": edges.item()}
+        if self.cfg.texture_weight > 0:  # drawn from (seed, step), so a resumed run draws the same
+            texture = texture_term(out, b["image"], torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step))
+            loss = loss + self.cfg.texture_weight * texture
+            terms["refine_texture"] = texture.item()
         for group in self.opt.param_groups:
             group["lr"] = lr_at(step - 1, base=self.cfg.lr, total=self.cfg.steps, decay_start=0)
         self.opt.zero_grad(set_to_none=True)
@@ -98,7 +132,7 @@ class RefineTrainer:
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.refiner.parameters(), self.cfg.grad_clip)
         self.opt.step()
-        return {"refine_l1": l1.item(), "refine_edges": edges.item(), "base_l1": (image - b["image"]).abs().mean().item()}
+        return {**terms, "base_l1": (image - b["image"]).abs().mean().item()}
 
     @torch.no_grad()
     def sample(self, batch: dict, step: int) -> tuple[list[Tensor], Tensor | None]:
