@@ -41,7 +41,6 @@ from cocosnet.errors import DataError
 from cocosnet.limits import read_text
 
 FOLDERS = {"train": "train", "val": "test"}  # this project's split -> the benchmark's folder and file suffix
-IMAGE_SIZE = (176, 256)  # (width, height) of the benchmark's images
 
 
 def annotation_file(root: Path, split: str) -> Path:
@@ -133,7 +132,7 @@ class InShop:
         rows = annotations(path)
         if name not in rows:
             raise DataError(f"{path}: no row for image {name!r} (listed in {list_file(root, split).name})")
-        return rows[name]
+        return rows[name].copy()  # the parsed rows are shared by the process
 
     def label(self, root: Path, rel: str, size: int) -> np.ndarray:
         frame = SquareFrame(*photo_size(root / rel))
