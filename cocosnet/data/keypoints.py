@@ -180,17 +180,22 @@ def _pose_transfer_csv(text: str, path: Path, name: str | None) -> np.ndarray:
     return _pose_transfer_row(path, lineno, ys, xs)
 
 
+def _read_pose_text(path: Path, what: str) -> str:
+    """The text of a keypoint file (size-capped), or PoseFileError naming it."""
+    try:
+        return read_text(path, what)
+    except FileNotFoundError:
+        raise PoseFileError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise PoseFileError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+
+
 def read_pose_transfer_csv(path: str | Path) -> dict[str, np.ndarray]:
     """Every row of a pose-transfer annotation CSV: image name -> (18, 2) (x, y), NaN for a missing joint.
     A wrong header, a malformed row, a joint count other than 18 or a name listed twice raise
     PoseFileError naming the file and line."""
     path = Path(path)
-    try:
-        text = read_text(path, "annotation file")
-    except FileNotFoundError:
-        raise PoseFileError(f"{path}: annotation file not found") from None
-    except OSError as exc:
-        raise PoseFileError(f"{path}: cannot read the annotation file ({exc.strerror or exc})") from None
+    text = _read_pose_text(path, "annotation file")
     header = text.lstrip("\ufeff").splitlines()[:1]
     if not header or header[0].replace(" ", "").strip() != POSE_TRANSFER_HEADER:
         raise PoseFileError(f"{path}:1: expected the header {POSE_TRANSFER_HEADER!r}, got "
@@ -227,12 +232,7 @@ def _pair_of(path: Path) -> tuple[Path, Path] | None:
 def read_keypoints(path: str | Path, *, name: str | None = None) -> np.ndarray:
     """(18, 2) float64 (x, y) in the file's pixel frame, NaN for a missing joint (formats: module doc)."""
     path = Path(path)
-    try:
-        text = read_text(path, "keypoint file")
-    except FileNotFoundError:
-        raise PoseFileError(f"{path}: keypoint file not found") from None
-    except OSError as exc:
-        raise PoseFileError(f"{path}: cannot read the keypoint file ({exc.strerror or exc})") from None
+    text = _read_pose_text(path, "keypoint file")
     stripped = text.lstrip()
     if stripped[:1] in "{[":
         try:

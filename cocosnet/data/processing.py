@@ -150,8 +150,8 @@ def _run(job: Callable[[str], str | None], rels: list[str], *, workers: int, des
 
 
 def _process(job, rels: list[str], root: Path, out: Path, size: int, *, workers: int,
-             on_bad_sample: str, desc: str, **extra) -> Manifest:
-    staging = Staging(out, {"root": str(root), "size": size, "job": desc, **extra})
+             on_bad_sample: str, desc: str, source: str = "deepfashion") -> Manifest:
+    staging = Staging(out, {"root": str(root), "size": size, "job": desc, "source": source})
     bound = partial(job, root=str(root), out=str(staging.path), size=size)
     manifest = _run(bound, rels, workers=workers, desc=desc, on_bad_sample=on_bad_sample)
     manifest.write(staging.path / MANIFEST)
@@ -170,6 +170,5 @@ def render_labels(rels: list[str], root: Path, out: Path, size: int, *, workers:
                   on_bad_sample: str = "error", source: str = "deepfashion") -> Manifest:
     """Read each image's keypoints, render its label as the layout of `source` says (DeepFashion-HD: the 1024
     canvas), cache it at size x size."""
-    extra = {} if source in ("deepfashion", "synthetic") else {"source": source}  # the HD staging spec as before
     return _process(partial(_label_one, source=source), rels, root, out, size, workers=workers,
-                    on_bad_sample=on_bad_sample, desc="render_keypoints", **extra)
+                    on_bad_sample=on_bad_sample, desc="render_keypoints", source=source)

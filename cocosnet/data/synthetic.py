@@ -345,7 +345,7 @@ def generate(spec: SyntheticSpec, out_dir: Path, *, workers: int = 1, show_progr
         raise ValueError("synthetic.views_per_identity must be >= 2 to form self pairs")
     if layout not in ("deepfashion", "inshop"):
         raise ValueError(f"layout must be 'deepfashion' or 'inshop', got {layout!r}")
-    staging = Staging(Path(out_dir), asdict(spec) if layout == "deepfashion" else {**asdict(spec), "layout": layout})
+    staging = Staging(Path(out_dir), {**asdict(spec), "layout": layout})
     jobs = [(spec, i, str(staging.path)) for i in range(spec.num_identities)]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
