@@ -141,7 +141,11 @@ class DiscriminatorConfig:
 class RefinerConfig:
     width: int = check(0, MAX_WIDTH)  # channels of the refiner (models/refiner.py); 0 = none (official)
     select: Literal["soft", "hard"]  # soft: re-weighted candidates; hard: the best one per pixel (straight-through)
+    dilations: tuple[int, ...] = check(1, 64)  # one per hidden convolution (its reach: models/refiner.py)
+    offsets: bool  # the candidates' offsets from their pixel as inputs too
 
+
+NO_REFINER = RefinerConfig(width=0, select="soft", dilations=(1, 2, 1), offsets=False)  # the official model has none
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -175,12 +179,14 @@ class LossWeights:
 ADDED_KEYS = {"model.generator.warp_skip": "none", "loss_weights.recon": 0.0, "loss_weights.rank": 0.0,
               "loss_weights.rank_truth": 0.0, "model.refiner.width": 0, "launch.nproc_per_node": 1,
               "launch.nnodes": 1, "launch.rdzv_endpoint": "", "launch.rdzv_id": "cocosnet",
-              "model.refiner.select": "soft", "eval.protocol": "cocosnet", "eval.imagenet_inception_weights": "",
+              "model.refiner.select": "soft", "model.refiner.dilations": [1, 2, 1],
+              "model.refiner.offsets": False, "eval.protocol": "cocosnet",
+              "eval.imagenet_inception_weights": "",
               "eval.pose_transfer_fid_input": "gfla", "eval.pose_transfer_ssim_sigma": 1.5,
               "eval.lpips_weights": "", "eval.alexnet_weights": "",
               **{f"refine.{k}": v for k, v in {
-                  "steps": 0, "batch_size": 8, "lr": 1.0e-3, "edge_weight": 3.0, "texture_weight": 0.0, "pool": 400,
-                  "grad_clip": 0.0,
+                  "steps": 0, "batch_size": 8, "lr": 1.0e-3, "edge_weight": 3.0, "texture_weight": 0.0, "soft_steps": 0,
+                  "pool": 400, "grad_clip": 0.0,
                   "checkpoint_every": 100, "keep_last": 2, "log_every": 10, "sample_every": 500, "workers": 0,
                   "seed": 1234}.items()}}
 
@@ -248,6 +254,7 @@ class RefineConfig:
     lr: float = check(**POSITIVE)  # decays linearly to 0 over the steps
     edge_weight: float = check(0)  # weight of the L1 of image differences beside the L1 (refine_terms)
     texture_weight: float = check(0)  # weight of the finest band's sliced Wasserstein term (texture_term)
+    soft_steps: int = check(0)  # with model.refiner.select hard: the first steps train the soft re-weighting
     pool: int = check(1)  # training crops cached (each drawn once, a fixed crop per pair)
     grad_clip: float = check(0)  # max gradient norm; 0 = off
     checkpoint_every: int = check(1)

@@ -86,6 +86,24 @@ def test_hard_selection_keeps_one_candidate_per_pixel_and_passes_the_softmax_gra
         Refiner(4, 20, width=8, temperature=0.01, select="median")
 
 
+def test_dilations_set_how_far_the_refiner_sees_and_the_default_keeps_the_layer_names():
+    colors, scores, label = _candidates(b=1, h=41, w=41)
+    image = torch.zeros(1, 3, 41, 41)
+    far = colors.clone()
+    far[..., 20, 20 + 14] += 1.0  # 14 px right of the centre pixel
+    changed = {}
+    for dilations in ((1, 2, 1), (1, 2, 4, 8)):
+        torch.manual_seed(0)
+        refiner = Refiner(4, 20, width=8, temperature=0.01, dilations=dilations)
+        torch.nn.init.normal_(refiner.out.weight)  # untrained, the last layer is zero and nothing changes
+        with torch.no_grad():
+            centre = lambda c: refiner(c, scores, label, image)[..., 20, 20]  # noqa: E731, B023
+            changed[dilations] = not torch.equal(centre(colors), centre(far))
+    assert changed == {(1, 2, 1): False, (1, 2, 4, 8): True}  # 13 px against 35 px of view
+    names = [k for k in Refiner(4, 20, width=8, temperature=0.01).state_dict() if k.endswith("weight")]
+    assert names == ["body.0.weight", "body.2.weight", "body.4.weight", "body.6.weight", "out.weight"]
+
+
 def test_candidate_colours_sample_each_position_and_are_resized_to_the_output():
     source = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).view(2, 3, 4, 5)
     coords = torch.zeros(2, 4, 5, 2, 2)
@@ -95,9 +113,29 @@ def test_candidate_colours_sample_each_position_and_are_resized_to_the_output():
     assert colors.shape == (2, 2, 3, 4, 5)
     assert torch.equal(colors[:, 0, :, 0, 0], source[:, :, 2, 1]) and torch.equal(colors[:, 1, :, 3, 3], source[:, :, 0, 4])
     scores = torch.rand(2, 4, 5, 2)
-    big_colors, big_scores = refiner_inputs(source, coords, scores, (8, 10))
+    _, _, offsets = refiner_inputs(source, coords, scores, (4, 5))
+    assert offsets.shape == (2, 2, 2, 4, 5)
+    assert offsets[0, 0, :, 3, 2].tolist() == [1.0 - 2, 2.0 - 3]  # (x, y) of the candidate minus the pixel's
+    big_colors, big_scores, big_offsets = refiner_inputs(source, coords, scores, (8, 10))
     assert big_colors.shape == (2, 2, 3, 8, 10) and big_scores.shape == (2, 8, 10, 2)
     assert torch.equal(big_scores[:, ::2, ::2], scores)
+    still = torch.stack(torch.meshgrid(torch.arange(4.0), torch.arange(5.0), indexing="ij")[::-1], dim=-1)
+    _, _, none = refiner_inputs(source, still[None, :, :, None].expand(2, 4, 5, 2, 2), scores, (8, 10))
+    assert none.abs().max() < 1e-5  # a candidate at its own pixel has no offset at any output size
+    assert big_offsets.abs().max() > 2 * offsets.abs().max() - 1e-4  # offsets in output pixels: doubled
+
+
+def test_a_refiner_built_for_offsets_reads_them():
+    colors, scores, label = _candidates()
+    image = torch.zeros(2, 3, 6, 5)
+    refiner = Refiner(4, 20, width=8, temperature=0.01, offsets=True)
+    torch.nn.init.normal_(refiner.out.weight)
+    offsets = torch.zeros(2, 4, 2, 6, 5)
+    with torch.no_grad():
+        assert not torch.equal(refiner(colors, scores, label, image, offsets),
+                               refiner(colors, scores, label, image, offsets + 4.0))
+    with pytest.raises(ValueError, match="offsets, and got none"):
+        refiner(colors, scores, label, image)
 
 
 def test_the_refine_terms_are_zero_only_at_the_target_and_the_edge_term_ignores_a_constant_shift():
@@ -202,6 +240,26 @@ def test_the_refine_pool_is_fixed_and_its_settings_change_the_result(data, gan_m
                          "edge_weight": {"edge_weight": 0.0}, "texture_weight": {"texture_weight": 1.0}}.items():
         _, other = train(_refine(cfg, 3, **change), "refine", processed, tmp_path / name, init=init)
         assert not torch.equal(other.refiner.out.weight, base.refiner.out.weight), name
+    wide = dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, refiner=dataclasses.replace(cfg.model.refiner, dilations=(1, 2, 4))))
+    _, other = train(_refine(wide, 3), "refine", processed, tmp_path / "dilations", init=init)
+    assert other.refiner.out.weight.shape == base.refiner.out.weight.shape
+    assert not torch.equal(other.refiner.out.weight, base.refiner.out.weight)
+
+
+def test_a_hard_refiner_trains_soft_for_its_soft_steps(data, gan_model, tmp_path):
+    """soft_steps covering the whole run train exactly what a soft refiner trains; without them the hard
+    choice trains from the first step."""
+    raw, processed = data
+    cfg, init = gan_model
+    hard = dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, refiner=dataclasses.replace(cfg.model.refiner, select="hard")))
+    _, soft = train(_refine(cfg, 3), "refine", processed, tmp_path / "soft", init=init)
+    _, warmed = train(_refine(hard, 3, soft_steps=3), "refine", processed, tmp_path / "warmed", init=init)
+    _, cold = train(_refine(hard, 3), "refine", processed, tmp_path / "cold", init=init)
+    assert torch.equal(warmed.refiner.out.weight, soft.refiner.out.weight)
+    assert not torch.equal(cold.refiner.out.weight, soft.refiner.out.weight)
+    assert warmed.refiner.select == "hard"  # the model it writes chooses hard
 
 
 def test_no_refinement_writes_the_gan_model_with_the_stage_outputs(data, gan_model, tmp_path):

@@ -87,7 +87,9 @@ class CoCosNet(nn.Module):
                                         spade_hidden=g.spade_hidden, warp_skip=g.warp_skip)
         c = cfg.correspondence
         self.refiner = (Refiner(c.num_candidates[-1], label_nc, width=cfg.refiner.width, temperature=c.temperature,
-                                select=cfg.refiner.select) if cfg.refiner.width > 0 else None)
+                                select=cfg.refiner.select, dilations=cfg.refiner.dilations,
+                                offsets=cfg.refiner.offsets)
+                        if cfg.refiner.width > 0 else None)
 
     @classmethod
     def from_config(cls, cfg: Config) -> CoCosNet:
@@ -114,8 +116,8 @@ class CoCosNet(nn.Module):
 
     def refine(self, corr: CorrespondenceOutput, exemplar: Tensor, label: Tensor, image: Tensor) -> Tensor:
         """The refiner on the generated image (B, 3, H, W), unclamped (its training loss reads it so)."""
-        colors, scores = refiner_inputs(exemplar, corr.coords[-1], corr.scores[-1], tuple(image.shape[-2:]))
-        return self.refiner(colors, scores, label, image)
+        colors, scores, offsets = refiner_inputs(exemplar, corr.coords[-1], corr.scores[-1], tuple(image.shape[-2:]))
+        return self.refiner(colors, scores, label, image, offsets)
 
 
 def build_discriminator(cfg: Config) -> MultiscaleDiscriminator:

@@ -28,13 +28,13 @@ import torch
 from torch import Tensor
 
 from cocosnet.config import (
+    NO_REFINER,
     AlignConfig,
     ConfigError,
     CorrespondenceConfig,
     DiscriminatorConfig,
     GeneratorConfig,
     ModelConfig,
-    RefinerConfig,
     checked,
 )
 from cocosnet.data.pose import LABEL_CHANNELS
@@ -134,8 +134,8 @@ def official_model_config(corr: Mapping[str, Tensor], gen: Mapping[str, Tensor],
         raise WeightsError(f"{gen_name}: fc.weight takes {fc[1]} channels; {levels} warps and the label make "
                            f"{3 * levels + LABEL_CHANNELS}")
     found = (ModelConfig(align=align, correspondence=official_correspondence(levels), generator=generator,
-                         discriminator=OFFICIAL_DISCRIMINATOR, refiner=RefinerConfig(width=0, select="soft")) if base is None
-             else replace(base, align=align, generator=generator, refiner=RefinerConfig(width=0, select="soft")))
+                         discriminator=OFFICIAL_DISCRIMINATOR, refiner=NO_REFINER) if base is None
+             else replace(base, align=align, generator=generator, refiner=NO_REFINER))
     try:
         return checked(found, "model")
     except ConfigError as exc:

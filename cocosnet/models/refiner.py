@@ -25,6 +25,7 @@ from cocosnet.models.blocks import resize_to
 from cocosnet.models.ops import weighted_sample
 
 SCORE_SCALE = 10.0  # score gaps (cosines, 0..2) as the network's input, about 0..20
+OFFSET_SCALE = 1 / 8  # candidate offsets in output pixels as the network's input: 8 px -> 1
 
 
 def candidate_colors(source: Tensor, coords: Tensor) -> Tensor:
@@ -40,46 +41,63 @@ class Refiner(nn.Module):
     generator's image (B, 3, H, W) -> the refined image (B, 3, H, W), unclamped (the caller clamps)."""
 
     def __init__(self, num_candidates: int, label_nc: int, *, width: int, temperature: float,
-                 select: str = "soft"):
+                 select: str = "soft", dilations: tuple[int, ...] = (1, 2, 1), offsets: bool = False):
         super().__init__()
         if select not in ("soft", "hard"):
             raise ValueError(f"select must be 'soft' or 'hard', got {select!r}")
         k = num_candidates
-        self.k, self.temperature, self.select = k, temperature, select
-        # in: k colours, k score gaps, the label, the image; one dilated layer widens the view to 11 px
-        self.body = nn.Sequential(
-            nn.Conv2d(4 * k + label_nc + 3, width, 3, padding=1), nn.LeakyReLU(0.2),
-            nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(0.2),
-            nn.Conv2d(width, width, 3, padding=2, dilation=2), nn.LeakyReLU(0.2),
-            nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(0.2))
+        self.k, self.temperature, self.select, self.offsets = k, temperature, select, offsets
+        # in: k colours, k score gaps (with `offsets`, k (dx, dy) too), the label, the image. Each 3x3
+        # convolution of dilation d widens the view by 2d: with the first and last, (1, 2, 1) sees 13 px,
+        # (1, 2, 4, 8) 35 px (docs/studies/generation.md, section 6)
+        inputs = (6 if offsets else 4) * k + label_nc + 3
+        layers: list[nn.Module] = [nn.Conv2d(inputs, width, 3, padding=1), nn.LeakyReLU(0.2)]
+        for d in dilations:
+            layers += [nn.Conv2d(width, width, 3, padding=d, dilation=d), nn.LeakyReLU(0.2)]
+        self.body = nn.Sequential(*layers)
         self.out = nn.Conv2d(width, k + 3, 3, padding=1)  # k logit offsets, an RGB correction
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, colors: Tensor, scores: Tensor, label: Tensor, image: Tensor) -> Tensor:
+    def forward(self, colors: Tensor, scores: Tensor, label: Tensor, image: Tensor, offsets: Tensor | None = None,
+                *, select: str | None = None) -> Tensor:
+        """offsets (B, k, 2, H, W): each candidate's (dx, dy) from its pixel in output pixels, read when built
+        with `offsets`. `select` overrides the built one for this call (the refine stage's soft warm-up)."""
         b, k, _, h, w = colors.shape
         if k != self.k:
             raise ValueError(f"the refiner was built for {self.k} candidates, got {k}")
+        if self.offsets and offsets is None:
+            raise ValueError("the refiner was built to read the candidates' offsets, and got none")
         scores = scores.permute(0, 3, 1, 2)  # (B, k, H, W), best first
         gaps = (scores - scores[:, :1]) * SCORE_SCALE
-        x = self.out(self.body(torch.cat([colors.reshape(b, 3 * k, h, w), gaps, label, image], dim=1)))
+        seen = [colors.reshape(b, 3 * k, h, w), gaps, label, image]
+        if self.offsets:  # where each candidate points: neighbours that agree are likelier right
+            seen.insert(2, offsets.reshape(b, 2 * k, h, w) * OFFSET_SCALE)
+        x = self.out(self.body(torch.cat(seen, dim=1)))
         logits = scores / self.temperature
         weights = (logits + x[:, :k]).softmax(dim=1)  # (B, k, H, W)
-        if self.select == "hard":  # one candidate per pixel forward, the softmax's gradient backward
+        if (select or self.select) == "hard":  # one candidate per pixel forward, the softmax's gradient backward
             one = torch.zeros_like(weights).scatter_(1, weights.argmax(1, keepdim=True), 1.0)
             weights = one + weights - weights.detach()
         change = weights - logits.softmax(dim=1)
         return image + (colors * change.unsqueeze(2)).sum(1) + x[:, k:]
 
 
-def refiner_inputs(exemplar: Tensor, coords: Tensor, scores: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """The finest level's candidate colours and scores at the output size (B, k, 3, H, W), (B, H, W, k):
-    sampled from the exemplar at the level's key size, then resized when the level is coarser than the
-    output (bilinear colours, nearest scores)."""
+def refiner_inputs(exemplar: Tensor, coords: Tensor, scores: Tensor, size: tuple[int, int]
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """The finest level's candidate colours, scores and offsets at the output size (B, k, 3, H, W),
+    (B, H, W, k), (B, k, 2, H, W): colours sampled from the exemplar at the level's key size, offsets
+    (x, y) from the candidate's pixel in output pixels; resized when the level is coarser than the output
+    (bilinear colours and offsets, nearest scores)."""
     b, h, w, k, _ = coords.shape
     key = resize_to(exemplar.float(), (h, w), "area")  # the finest level's key is at its query's size
     colors = candidate_colors(key, coords)
+    ys, xs = torch.meshgrid(torch.arange(h, device=coords.device), torch.arange(w, device=coords.device), indexing="ij")
+    grid = torch.stack([xs, ys], dim=-1).to(coords.dtype)  # (H, W, 2), (x, y) like coords
+    offsets = (coords - grid[:, :, None]).permute(0, 3, 4, 1, 2)  # (B, k, 2, h, w)
     if (h, w) != tuple(size):
         colors = resize_to(colors.reshape(b, 3 * k, h, w), size, "bilinear").view(b, k, 3, *size)
+        scale = offsets.new_tensor([size[1] / w, size[0] / h]).view(1, 1, 2, 1, 1)
+        offsets = resize_to(offsets.reshape(b, 2 * k, h, w), size, "bilinear").view(b, k, 2, *size) * scale
         scores = resize_to(scores.permute(0, 3, 1, 2), size, "nearest").permute(0, 2, 3, 1)
-    return colors, scores
+    return colors, scores, offsets

@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from cocosnet.config import Config, RefinerConfig, flatten
+from cocosnet.config import NO_REFINER, Config, flatten
 from cocosnet.data.processing import image_file, label_file
 from cocosnet.deps import REPO, import_closure
 from cocosnet.io import sha256_file, sha256_files
@@ -58,7 +58,7 @@ def stage_config(cfg: Config, spec: StageSpec) -> Config:
     which only the refine stage adds and trains (so its settings never retrain the GAN)."""
     if spec.name == REFINE.name:
         return cfg
-    return replace(cfg, model=replace(cfg.model, refiner=RefinerConfig(width=0, select="soft")))
+    return replace(cfg, model=replace(cfg.model, refiner=NO_REFINER))
 
 
 def _selected(key: str, prefixes: tuple[str, ...]) -> bool:

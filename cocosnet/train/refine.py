@@ -72,7 +72,8 @@ def refine_pool(training: pd.DataFrame, cfg: RefineConfig) -> pd.DataFrame:
 class RefineTrainer:
     """Adam on `model.refiner` against the L1 to the target and to its edges (`refine.edge_weight`), plus
     the finest band's texture statistics (`refine.texture_weight`), the learning rate decaying linearly to 0
-    over the run; the matcher and the generator stay frozen."""
+    over the run; the matcher and the generator stay frozen. A hard refiner trains soft for the first
+    `refine.soft_steps`."""
 
     def __init__(self, model: CoCosNet, cfg: RefineConfig, *, device: torch.device, distributed: bool = False):
         if model.refiner is None:
@@ -82,7 +83,7 @@ class RefineTrainer:
         model.generator.requires_grad_(False)
         self.net = DDP(model.refiner) if distributed else model.refiner
         self.opt = torch.optim.Adam(model.refiner.parameters(), lr=cfg.lr)
-        self.cache: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # pool index -> colours, scores, image
+        self.cache: dict[int, tuple[Tensor, ...]] = {}  # pool index -> colours, scores, image (, offsets)
         self.pool: Dataset | None = None  # the pool's crops, indexed by (row, 0); set by the loop
 
     @torch.no_grad()
@@ -103,21 +104,27 @@ class RefineTrainer:
             gens = sample_generators(self.cfg.seed, 0, c["index"], self.device)
             corr = self.model.matcher(c["label"], c["exemplar"], c["exemplar_label"], generator=gens).correspondence
             image = self.model.generate(corr.warps, c["label"])
-            colors, scores = refiner_inputs(c["exemplar"], corr.coords[-1], corr.scores[-1], tuple(image.shape[-2:]))
-            for n, index in enumerate(c["index"].tolist()):
-                self.cache[index] = (colors[n].half(), scores[n], image[n].half())
+            colors, scores, offsets = refiner_inputs(c["exemplar"], corr.coords[-1], corr.scores[-1],
+                                                     tuple(image.shape[-2:]))
+            for n, index in enumerate(c["index"].tolist()):  # offsets only when read: they take 2/3 of the colours' memory
+                kept = (colors[n].half(), scores[n], image[n].half())
+                self.cache[index] = kept + (offsets[n],) if self.model.refiner.offsets else kept
 
-    def inputs(self, b: dict) -> tuple[Tensor, Tensor, Tensor]:
-        """The cached (colours, scores, generated image) of the batch's rows, in float."""
+    def inputs(self, b: dict) -> tuple[Tensor, ...]:
+        """The cached (colours, scores, generated image, offsets or None) of the batch's rows, in float."""
         self._fill(b)
         items = [self.cache[int(i)] for i in b["index"].tolist()]
-        return tuple(torch.stack([item[n] for item in items]).float() for n in range(3))
+        stacked = tuple(torch.stack([item[n] for item in items]).float() for n in range(len(items[0])))
+        return stacked if len(stacked) == 4 else (*stacked, None)
 
     def step(self, batch: dict, step: int) -> dict[str, float]:
         b = {k: v.to(self.device) for k, v in batch.items()}
-        colors, scores, image = self.inputs(b)
+        colors, scores, image, offsets = self.inputs(b)
         self.model.refiner.train()
-        out = self.net(colors, scores, b["label"], image)  # unclamped: a clamped pixel would pass no gradient
+        # unclamped: a clamped pixel would pass no gradient. A hard refiner first learns the soft re-weighting
+        # (`soft_steps`), so that its hard choice starts from a learned ranking
+        warm = "soft" if step <= self.cfg.soft_steps else None
+        out = self.net(colors, scores, b["label"], image, offsets, select=warm)
         l1, edges = refine_terms(out, b["image"])
         loss = l1 + self.cfg.edge_weight * edges
         terms = {"refine_l1": l1.item(), "refine_edges": edges.item()}
