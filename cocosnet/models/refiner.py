@@ -10,7 +10,9 @@ offsets, applied as a difference) and an RGB correction. Its last convolution st
 before training it returns the generator's image exactly. With `select: hard` the re-weighting keeps one
 candidate per pixel, the one the learned weights rank first (straight-through: the softmax's gradient flows
 back), so the output is an exemplar pixel rather than an average of several, which blurs the finest scales
-(docs/studies/generation.md, section 6); it no longer starts at the generator's image.
+(docs/studies/generation.md, section 6); it no longer starts at the generator's image. `dilations` set how
+far it looks around a pixel to judge its candidates, and `offsets` also hands it where each candidate points
+(docs/decisions/2026-12-07-refiner-reach.md).
 
 It is trained in a stage of its own (`refine`, cocosnet/train/refine.py) on the frozen matcher and
 generator, at a batch size the GAN stage cannot afford on a CPU. Not in the official code.
