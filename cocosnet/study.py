@@ -22,6 +22,7 @@ BASELINES = ("identity", "untrained")  # taken from the `full` run's score
 # Also from the `full` run's score: its trained weights evaluated with the GRU update off (search only).
 GRU_OFF_AT_EVAL = "full_gru_off_at_eval"
 PER_LEVEL_KEYS = ("epe_px", "acc_1px", "acc_3px")
+BOUND_KEYS = ("best_of_k_epe_px", "rank_acc")  # in runs scored since the score stage reports them
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def run_result(run: StudyRun, score: dict, minutes: float) -> dict:
 
 
 def _levels(per_level: dict) -> dict:
-    return {level: {k: d[k] for k in PER_LEVEL_KEYS} for level, d in per_level.items()}
+    return {level: {k: d[k] for k in PER_LEVEL_KEYS + BOUND_KEYS if k in d} for level, d in per_level.items()}
 
 
 def summary(runs: list[StudyRun], folder: Path, *, profile: str) -> dict:

@@ -34,7 +34,7 @@ def main(cfg, args) -> None:
     pairs = pd.read_parquet(Path(cfg.data.processed) / "pairs.parquet")
     table = eval_pairs(pairs, cfg.eval.max_pairs, "self")
     with Tracker(cfg, "study_score", device=str(device)) as tracker:
-        per_level = score_matchers(cfg, matchers, table, device=device)
+        per_level = score_matchers(cfg, matchers, table, device=device, bounds=True)
         result = {"pairs": len(table), "steps": int(state.get("step") or 0), "crop_size": cfg.data.crop_size,
                   "per_level": per_level, "config": {k: v for k, v in asdict(cfg).items()
                                                      if k in ("model", "pretrain", "loss_weights")}}

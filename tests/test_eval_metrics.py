@@ -76,6 +76,8 @@ def test_best_of_k_errors_and_the_refinement_bounds():
     bounds = refinement_bounds(top, best)
     assert abs(bounds["epe_beyond_3px"] - 4.0 / 3) < 1e-6  # only the 4 px error is beyond local refinement
     assert bounds["best_of_k_epe_px"] == 1.0
+    assert abs(bounds["rank_acc"] - 1 / 3) < 1e-6  # only the 2 px pixel has its best candidate first
+    assert refinement_bounds(best, best)["rank_acc"] == 1.0
 
 
 def test_ssim_matches_a_direct_scipy_transcription_of_wang_et_al():

@@ -92,6 +92,11 @@ def test_summary_schema_baselines_and_targets(tmp_path):
     assert t["level"] == "3" and t["full_over_identity"] == pytest.approx(3 / 8) and t["full_at_most_half_identity"]
     assert t["gru_gain"] == pytest.approx(1 - 3 / 5) and t["gru_gain_at_least_20pct"]
     assert t["gru_gain_at_eval"] == pytest.approx(1 - 3 / 4)
+    scored = score((1, 1.5, 2, 3))  # a run scored with the bounds carries its best-of-k floor and ranking accuracy
+    scored["per_level"]["trained"]["3"].update(best_of_k_epe_px=2.0, rank_acc=0.4, epe_beyond_3px=1.0)
+    result_path(tmp_path, runs[0]).write_text(json.dumps(run_result(runs[0], scored, 10.0)))
+    assert summary(runs, tmp_path, profile="study")["runs"]["full"]["per_level"]["3"] == {
+        "epe_px": 3, "acc_1px": 0.5, "acc_3px": 0.9, "best_of_k_epe_px": 2.0, "rank_acc": 0.4}
 
 
 FAKE_DVC = textwrap.dedent("""\

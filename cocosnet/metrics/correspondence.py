@@ -120,6 +120,9 @@ def level_errors(coords: list[Tensor], gt: Tensor, valid: Tensor, *, best_of_k: 
 def refinement_bounds(errors: Tensor, best_of_k: Tensor) -> dict[str, float]:
     """What a refinement of the top-1 matches could still gain, from the same pixels' errors:
     `epe_beyond_3px`, the EPE left if every match within 3 px became exact (the floor of any local
-    refinement), and `best_of_k_epe_px`, the EPE if the best of the k candidates were ranked first."""
-    return {"epe_beyond_3px": float((errors * (errors > 3)).mean()) if errors.numel() else float("nan"),
-            "best_of_k_epe_px": float(best_of_k.mean()) if best_of_k.numel() else float("nan")}
+    refinement), `best_of_k_epe_px`, the EPE if the best of the k candidates were ranked first, and
+    `rank_acc`, the share of pixels whose first candidate is the best of the k (ties count)."""
+    if not errors.numel():
+        return {"epe_beyond_3px": float("nan"), "best_of_k_epe_px": float("nan"), "rank_acc": float("nan")}
+    return {"epe_beyond_3px": float((errors * (errors > 3)).mean()), "best_of_k_epe_px": float(best_of_k.mean()),
+            "rank_acc": float((errors <= best_of_k + 1e-6).float().mean())}
