@@ -106,7 +106,7 @@ class RefineTrainer:
             image = self.model.generate(corr.warps, c["label"])
             colors, scores, offsets = refiner_inputs(c["exemplar"], corr.coords[-1], corr.scores[-1],
                                                      tuple(image.shape[-2:]))
-            for n, index in enumerate(c["index"].tolist()):  # offsets only when read: they take 2/3 of the colours' memory
+            for n, index in enumerate(c["index"].tolist()):  # offsets only when read: float, more than the colours
                 kept = (colors[n].half(), scores[n], image[n].half())
                 self.cache[index] = kept + (offsets[n],) if self.model.refiner.offsets else kept
 
