@@ -113,10 +113,12 @@ class CorrespondenceConfig:
     gru: tuple[bool, ...]  # learned GRU update after each iteration; false = search only (the official in effect)
     update_stride: tuple[int, ...] = check(1, 64)  # the GRU runs on a grid pooled this many times
     rerank: tuple[bool, ...]  # the GRU also biases the final candidate scores (not in the official code)
+    rank_grad: Literal["features", "head"]  # what the ranking terms train: features (and the rerank head) or the head alone
     search_radius: tuple[float, ...] = check(**POSITIVE)  # first random-search radius (level px), halved per iteration
     search_samples: tuple[int, ...] = check(0, 256)  # random-search samples per pixel and iteration
     handed_down: tuple[int, ...] = check(1, 256)  # best coarser candidates that start this level (official 1)
     gru_hidden: int = check(1, MAX_WIDTH)
+    lookup: int = check(0, 3)  # each GRU update also reads the cosines within this radius of each candidate; 0 = off
     temperature: float = check(**POSITIVE)
     pose_geometry: float = check(0)  # initial weight of the pose-geometry matching features; 0 = off (official)
     geometry_sharpness: float = check(**POSITIVE)  # exp(-sharpness * limb distance) (cocosnet/models/pose_geometry.py)
@@ -172,21 +174,30 @@ class LossWeights:
     recon: float = check(0)  # not in the paper: L1 of the output against the target on self pairs
     rank: float = check(0)  # not in the paper: candidate scores towards the photometric ranking (losses/ranking.py)
     rank_truth: float = check(0)  # not in the paper: the same towards the true match; synthetic data only
+    flow_truth: float = check(0)  # not in the paper: the GRU's moves towards the true match (RAFT); synthetic only
+
+
+def uses_truth(weights: LossWeights) -> bool:
+    """Whether a term needs the synthetic set's true matches in the training batches."""
+    return weights.rank_truth > 0 or weights.flow_truth > 0
 
 
 # Keys added after model files were first written, with the value that reproduces the older code
 # (the official behaviour); `saved_config` fills them into a config read from such a file.
 ADDED_KEYS = {"model.generator.warp_skip": "none", "loss_weights.recon": 0.0, "loss_weights.rank": 0.0,
-              "loss_weights.rank_truth": 0.0, "model.refiner.width": 0, "launch.nproc_per_node": 1,
+              "loss_weights.rank_truth": 0.0, "loss_weights.flow_truth": 0.0, "model.refiner.width": 0,
+              "launch.nproc_per_node": 1,
               "launch.nnodes": 1, "launch.rdzv_endpoint": "", "launch.rdzv_id": "cocosnet",
               "model.refiner.select": "soft", "model.refiner.dilations": [1, 2, 1],
-              "model.refiner.offsets": False, "eval.protocol": "cocosnet",
+              "model.refiner.offsets": False, "model.correspondence.rank_grad": "features",
+              "model.correspondence.lookup": 0,
+              "eval.protocol": "cocosnet",
               "eval.imagenet_inception_weights": "",
               "eval.pose_transfer_fid_input": "gfla", "eval.pose_transfer_ssim_sigma": 1.5,
               "eval.lpips_weights": "", "eval.alexnet_weights": "",
               **{f"refine.{k}": v for k, v in {
                   "steps": 0, "batch_size": 8, "lr": 1.0e-3, "edge_weight": 3.0, "texture_weight": 0.0, "soft_steps": 0,
-                  "pool": 400, "grad_clip": 0.0,
+                  "patch": 0, "pool": 400, "grad_clip": 0.0,
                   "checkpoint_every": 100, "keep_last": 2, "log_every": 10, "sample_every": 500, "workers": 0,
                   "seed": 1234}.items()}}
 
@@ -255,6 +266,7 @@ class RefineConfig:
     edge_weight: float = check(0)  # weight of the L1 of image differences beside the L1 (refine_terms)
     texture_weight: float = check(0)  # weight of the finest band's sliced Wasserstein term (texture_term)
     soft_steps: int = check(0)  # with model.refiner.select hard: the first steps train the soft re-weighting
+    patch: int = check(0)  # train on a random patch x patch window of each cached crop; 0 = the whole crop
     pool: int = check(1)  # training crops cached (each drawn once, a fixed crop per pair)
     grad_clip: float = check(0)  # max gradient norm; 0 = off
     checkpoint_every: int = check(1)
@@ -444,11 +456,19 @@ def _check_consistency(cfg: Config) -> None:
         if handed > k or (coarser is not None and handed > coarser):
             raise ConfigError(f"model.correspondence.handed_down[{i}] ({handed}) must not exceed this level's "
                               f"num_candidates ({k})" + (f" nor the coarser level's ({coarser})" if coarser else ""))
-    if cfg.loss_weights.rank_truth > 0 and d.source != "synthetic":
-        raise ConfigError(f"loss_weights.rank_truth ({cfg.loss_weights.rank_truth}) needs true matches, which only "
-                          f"data.source synthetic has (got {d.source}); set it to 0.0 or use loss_weights.rank")
-    if cfg.loss_weights.rank_truth > 0 and cfg.train.flip:
-        raise ConfigError("loss_weights.rank_truth: the true matches are not flipped; set train.flip to false")
+    if c.rank_grad == "head" and not any(r and g for r, g in zip(c.rerank, c.gru)):
+        raise ConfigError("model.correspondence.rank_grad is head, but no level has a re-ranking head to train: "
+                          "set model.correspondence.rerank (and gru) true on a level, or rank_grad to features")
+    for name in ("rank_truth", "flow_truth"):
+        weight = getattr(cfg.loss_weights, name)
+        if weight > 0 and d.source != "synthetic":
+            raise ConfigError(f"loss_weights.{name} ({weight}) needs true matches, which only data.source "
+                              f"synthetic has (got {d.source}); set it to 0.0 or use loss_weights.rank")
+        if weight > 0 and cfg.train.flip:
+            raise ConfigError(f"loss_weights.{name}: the true matches are not flipped; set train.flip to false")
+    if cfg.refine.patch > d.crop_size:
+        raise ConfigError(f"refine.patch ({cfg.refine.patch}) must not exceed data.crop_size ({d.crop_size}); "
+                          "0 trains on the whole crop")
     launch = cfg.launch
     if launch.nnodes > 1 and not launch.rdzv_endpoint:
         raise ConfigError(f"launch.nnodes is {launch.nnodes}: set launch.rdzv_endpoint to the host:port of the "

@@ -104,6 +104,7 @@ def _with(dotted: str, value):
     ("train.lr", float("inf"), "a finite number"), ("train.grad_clip", float("nan"), "a finite number"),
     ("loss_weights.gan", float("inf"), "a finite number"), ("data.crop_size", 2 ** 20, "in [8, 4096]"),
     ("model.generator.ngf", 10 ** 6, "in [1, 2048]"), ("train.lr", 10 ** 400, "a finite number"),
+    ("refine.patch", -1, ">= 0"), ("refine.patch", 65, "must not exceed data.crop_size (64)"),
 ])
 def test_each_out_of_range_param_is_refused_by_name_before_any_work(dotted, value, expected):
     with pytest.raises(ConfigError, match=re.escape(dotted) + ".*" + re.escape(expected)):

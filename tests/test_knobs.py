@@ -30,9 +30,9 @@ def test_one_handed_down_candidate_starts_every_finer_level_from_the_coarse_best
     seen = []
     original = PatchMatchGRU.forward
 
-    def record(self, query, key, colors, init=None, generator=None):
+    def record(self, query, key, colors, init=None, generator=None, **kwargs):
         seen.append(init)
-        return original(self, query, key, colors, init=init, generator=generator)
+        return original(self, query, key, colors, init=init, generator=generator, **kwargs)
 
     monkeypatch.setattr(PatchMatchGRU, "forward", record)
     cfg = corr_config(handed_down=[1, 1, 1])
@@ -85,9 +85,9 @@ def test_iterations_and_update_stride_per_level(monkeypatch):
     original_step, original_update = pm.search_step, PatchMatchGRU._update
     monkeypatch.setattr(pm, "search_step", lambda *a, **k: steps.append(1) or original_step(*a, **k))
 
-    def update(self, h, scores, offsets):
+    def update(self, h, scores, offsets, cost=None):
         grids.append((self.stride, tuple(h.shape[-2:])))
-        return original_update(self, h, scores, offsets)
+        return original_update(self, h, scores, offsets, cost)
 
     monkeypatch.setattr(PatchMatchGRU, "_update", update)
     cfg = corr_config(iters=[1, 3, 2], update_stride=[1, 2, 4])
@@ -117,6 +117,27 @@ def test_rerank_starts_from_the_search_ranking_learns_and_can_change_the_first_c
     c2, _, _ = run(level)
     assert (c2[..., 0, :] != c1[..., 0, :]).any(-1).float().mean() > 0.9
     assert not PatchMatchGRU(16, num_candidates=4, gru=False, rerank=True).rerank  # search only: nothing to rerank
+
+
+def test_lookup_hands_the_gru_the_cost_surface_around_each_candidate():
+    query, key, truth = planted(16, 16, seed=4, noise=0.0)
+    level = PatchMatchGRU(16, num_candidates=2, iters=1, update_stride=1, lookup=1).eval()
+    assert len(level.lookup) == 8 and level.update.corr_enc[0].in_channels == 2 * 9
+    # candidate 0 one pixel left of the truth, candidate 1 on it: the first sees the cost rise to its right
+    coords = torch.stack([truth - torch.tensor([1.0, 0.0]), truth], dim=3).clamp(1, 14)
+    scores = ops.candidate_scores(query, key, coords)
+    flat = level._cost_window(query, key, coords, scores)  # (B, H, W, k * 8)
+    cost = flat.view(1, 16, 16, 2, 8)
+    right = level.lookup.index((1, 0))
+    inner = (truth[..., 0] > 2) & (truth[..., 0] < 13) & (truth[..., 1] > 1) & (truth[..., 1] < 14)
+    assert (cost[..., 0, right][inner] > 0).float().mean() > 0.9  # towards the truth the cosine rises
+    assert (cost[..., 1, :][inner] <= 1e-4).float().mean() > 0.9  # on the truth every neighbour is lower
+    # the update reads it: a different surface, different moves
+    h = torch.zeros(1, 32, 16, 16)
+    _, d0, _ = level._update(h, scores, coords, flat)
+    _, d1, _ = level._update(h, scores, coords, -flat)
+    assert not torch.equal(d0, d1)
+    assert PatchMatchGRU(16, num_candidates=2, lookup=0).update.corr_enc[0].in_channels == 2  # off: as before
 
 
 @pytest.mark.parametrize("levels", [3, 5])

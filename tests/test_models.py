@@ -61,7 +61,7 @@ def test_losses_are_finite_with_the_params_keys_and_reach_every_module():
     out = model(label, exemplar, exemplar_label, real=real, cycle=True, geometry_warp=True)
     terms = generator_terms(out, label=label, real=real, exemplar=exemplar, self_ref=torch.tensor([1.0, 0.0]),
                             disc=disc, vgg=VGG19(), rank_temperature=cfg.model.correspondence.temperature,
-                            truth=(torch.rand(2, 64, 64, 2) * 63, torch.ones(2, 64, 64, dtype=torch.bool)))
+                            truth=(torch.rand(2, 64, 64, 2) * 63, torch.ones(2, 64, 64, dtype=torch.bool)), flow=True)
     assert set(terms) == set(LOSS_KEYS) == {f.name for f in dataclasses.fields(cfg.loss_weights)}
     assert all(torch.isfinite(v) and v.dim() == 0 for v in terms.values())
     weighted_total(terms, dataclasses.asdict(cfg.loss_weights)).backward()

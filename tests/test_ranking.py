@@ -9,13 +9,13 @@ import torch
 from cocosnet.config import ConfigError, config_from_dict
 from cocosnet.data.dataset import PairDataset
 from cocosnet.losses.objective import correspondence_terms
-from cocosnet.losses.ranking import patch_costs, ranking_loss, truth_ranking_loss
+from cocosnet.losses.ranking import FLOW_GAMMA, patch_costs, ranking_loss, truth_flow_loss, truth_ranking_loss
 from cocosnet.metrics.correspondence import batch_gt
 from cocosnet.models.cocosnet import CoCosNet
 from cocosnet.train.inputs import PRETRAIN, training_pairs
 from cocosnet.train.loop import batches
 from cocosnet.train.trainer import CorrespondenceTrainer
-from tests.helpers import CPU, prepare_data, tiny_training_config
+from tests.helpers import CPU, prepare_data, tiny_params, tiny_training_config
 from tests.test_models import batch, tiny_config
 
 
@@ -92,6 +92,45 @@ def test_the_term_reaches_the_features_and_the_gru_and_is_computed_only_when_ask
     assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if ".gru." in n or "update" in n)
 
 
+def _reranking_config(rank_grad):
+    cfg = tiny_config()
+    c = dataclasses.replace(cfg.model.correspondence, rerank=(True, True, True), rank_grad=rank_grad)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, correspondence=c))
+
+
+@pytest.mark.parametrize("rank_grad", ["features", "head"])
+def test_rank_grad_head_trains_the_reranking_head_alone(rank_grad):
+    """head: the ranking term's gradient reaches the GRU and its re-ranking head, not the matching features;
+    the scores themselves (and so the warp) are the same either way."""
+    torch.manual_seed(0)
+    cfg = _reranking_config(rank_grad)
+    model = CoCosNet.from_config(cfg)
+    with torch.no_grad():  # a live head: it starts at zero, and its input weights get no gradient through zeros
+        for level in model.matcher.correspondence.levels:
+            level.update.rerank[-1].weight.normal_(std=0.1)
+    label, exemplar, exemplar_label, real = batch(32, 32)
+    out = model.matcher(label, exemplar, exemplar_label, real=real, generator=torch.Generator().manual_seed(0))
+    corr = out.correspondence
+    for scores, head in zip(corr.scores, corr.head_scores):
+        torch.testing.assert_close(head, scores.detach())
+    terms = correspondence_terms(out, real=real, exemplar=exemplar, self_ref=torch.ones(2),
+                                 rank_temperature=cfg.model.correspondence.temperature, head_only=rank_grad == "head")
+    terms["rank"].backward()
+    touched = {"rerank" if "rerank" in n else "gru" if n.startswith("correspondence.") else "features"
+               for n, p in model.matcher.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert {"rerank", "gru"} <= touched
+    assert ("features" in touched) is (rank_grad == "features"), touched
+
+
+def test_rank_grad_head_needs_a_reranking_head(tmp_path):
+    raw = tiny_params(tmp_path, tmp_path)
+    raw["model"]["correspondence"]["rank_grad"] = "head"
+    with pytest.raises(ConfigError, match="rank_grad is head.*rerank"):
+        config_from_dict(raw)
+    raw["model"]["correspondence"]["rerank"] = [False, True, False]
+    assert config_from_dict(raw).model.correspondence.rank_grad == "head"
+
+
 @pytest.mark.parametrize("weight", [0.0, 10.0])
 def test_the_rank_weight_changes_pretraining_only_when_nonzero(weight):
     label, exemplar, exemplar_label, real = batch(32, 32)
@@ -130,29 +169,31 @@ def test_the_truth_term_is_lowest_when_the_true_candidate_ranks_first_and_ignore
     assert (scores.grad[..., 3] < 0).float().mean() > 0.95  # (a random candidate may sit on the truth too)
 
 
-def test_the_truth_term_needs_synthetic_data_without_flips(tmp_path):
+@pytest.mark.parametrize("term", ["rank_truth", "flow_truth"])
+def test_the_truth_terms_need_synthetic_data_without_flips(tmp_path, term):
     raw = dataclasses.asdict(tiny_config())
-    raw["loss_weights"]["rank_truth"] = 1.0
+    raw["loss_weights"][term] = 1.0
     config_from_dict(raw)
     for key, value, named in (("data", {"source": "deepfashion"}, "data.source synthetic"),
                               ("train", {"flip": True}, "train.flip")):
         bad = dataclasses.asdict(tiny_config())
-        bad["loss_weights"]["rank_truth"] = 1.0
+        bad["loss_weights"][term] = 1.0
         bad[key].update(value)
-        with pytest.raises(ConfigError, match=named):
+        with pytest.raises(ConfigError, match=f"loss_weights.{term}.*{named}"):
             config_from_dict(bad)
     with pytest.raises(ValueError, match="flip"):
         PairDataset(pd.DataFrame(columns=["target", "exemplar", "kind"]), tmp_path, load_size=72, crop_size=64,
                     random_crop=True, flip=True, truth_root=tmp_path)
 
 
-def test_training_batches_carry_the_true_matches_and_the_term_trains_the_matcher(tiny_raw, tmp_path):
+@pytest.mark.parametrize("term", ["rank_truth", "flow_truth"])
+def test_training_batches_carry_the_true_matches_and_the_term_trains_the_matcher(tiny_raw, tmp_path, term):
     prepare_data(tiny_raw, tmp_path / "processed")
     cfg = tiny_training_config(tiny_raw, tmp_path / "processed", crop=32)
     pairs = pd.read_parquet(tmp_path / "processed" / "pairs.parquet")
     plain = next(iter(batches(cfg, PRETRAIN, pairs, CPU, 0)))
     assert "truth" not in plain
-    cfg = dataclasses.replace(cfg, loss_weights=dataclasses.replace(cfg.loss_weights, rank_truth=1.0))
+    cfg = dataclasses.replace(cfg, loss_weights=dataclasses.replace(cfg.loss_weights, **{term: 1.0}))
     b = next(iter(batches(cfg, PRETRAIN, pairs, CPU, 0)))
     gt, valid = batch_gt(tiny_raw, training_pairs(pairs), b, load_size=72, crop=32)
     assert torch.equal(b["truth"], gt) and torch.equal(b["truth_valid"], valid) and valid.any()
@@ -161,9 +202,10 @@ def test_training_batches_carry_the_true_matches_and_the_term_trains_the_matcher
     for weight in (0.0, 1.0):
         torch.manual_seed(0)
         model = CoCosNet.from_config(cfg)
-        weights = dataclasses.replace(cfg.loss_weights, rank_truth=weight)
+        weights = dataclasses.replace(cfg.loss_weights, **{term: weight})
         metrics = CorrespondenceTrainer(model, cfg.pretrain, weights, device=torch.device("cpu")).step(b, 1)
-        assert ("rank_truth" in metrics) is (weight > 0) and "rank" not in metrics  # only the terms that are on
+        on = {k for k in ("rank", "rank_truth", "flow_truth") if k in metrics}
+        assert on == ({term} if weight > 0 else set())  # only the terms that are on
         params[weight] = [p.detach().clone() for p in model.matcher.parameters()]
     assert not all(torch.equal(p, q) for p, q in zip(params[0.0], params[1.0]))
 
@@ -184,3 +226,43 @@ def test_with_features_an_unreached_truth_joins_the_candidates_and_trains_the_fe
     assert low.item() > 10  # candidates scored above the truth: a large loss
     low.backward()
     assert key.grad.abs().sum() > 0 and query.grad.abs().sum() > 0
+
+
+def test_the_flow_term_measures_the_nearest_candidate_within_reach_and_weights_later_iterations_more():
+    _, _, truth = shifted_pair()
+    valid = torch.ones(1, 16, 16, dtype=torch.bool)
+    wrong = truth.unsqueeze(-2).expand(1, 16, 16, 4, 2) + 40.0  # all beyond reach
+
+    def trail_with(slot_offset):
+        coords = wrong.clone()
+        coords[..., 2, :] = truth + torch.tensor(slot_offset)  # one candidate near the truth
+        return coords
+
+    def flow(trail):
+        return truth_flow_loss([[], trail], truth=truth, valid=valid).item()
+
+    assert flow([trail_with([0.0, 0.0])] * 2) == 0  # on the truth
+    assert flow([wrong] * 2) == 0 and flow([trail_with([4.0, 0.0])]) == 0  # out of reach: not counted
+    one_off = trail_with([1.0, 1.0])  # L1 distance 2
+    assert flow([one_off]) == pytest.approx(2.0)
+    early, late = flow([one_off, trail_with([0.0, 0.0])]), flow([trail_with([0.0, 0.0]), one_off])
+    assert early == pytest.approx(2.0 * FLOW_GAMMA) and late == pytest.approx(2.0)
+    assert truth_flow_loss([[one_off]], truth=truth, valid=~valid).item() == 0
+
+
+def test_the_flow_term_trains_the_gru_through_its_moves():
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    model = CoCosNet.from_config(cfg)
+    label, exemplar, exemplar_label, real = batch(32, 32)
+    out = model.matcher(label, exemplar, exemplar_label, real=real, generator=torch.Generator().manual_seed(0))
+    trails = out.correspondence.trails
+    assert [len(t) for t in trails] == [0, *cfg.model.correspondence.iters]
+    # the truth: each pixel's first candidate, moved by one level pixel, so that every pixel is within reach
+    level = trails[-1][-1]
+    truth = (level[..., 0, :].detach() + 1.0).clamp(0, 31)
+    loss = truth_flow_loss(trails, truth=truth, valid=torch.ones(2, 32, 32, dtype=torch.bool))
+    assert loss > 0
+    loss.backward()
+    grads = {n: p.grad for n, p in model.matcher.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert any(".update.head." in n for n in grads)  # the deltas' head: the GRU learns where to move

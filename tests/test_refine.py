@@ -12,7 +12,7 @@ from cocosnet.models.refiner import Refiner, candidate_colors, refiner_inputs
 from cocosnet.train.checkpoint import list_checkpoints, load_checkpoint
 from cocosnet.train.inputs import STAGES
 from cocosnet.train.loop import RunPaths, run_training
-from cocosnet.train.refine import finest_band, refine_terms, texture_term
+from cocosnet.train.refine import crop_windows, finest_band, random_windows, refine_terms, texture_term
 from tests.helpers import CPU, prepare_data, state, tiny_training_config
 
 
@@ -201,6 +201,15 @@ def test_the_gan_stage_builds_no_refiner_and_does_not_read_its_settings(gan_mode
     assert not any(k.startswith(("model.refiner", "refine.")) for k in saved["inputs"]["params"])
 
 
+def killed_copy(run, out):
+    """A copy of a finished run as if killed before its last checkpoint: only the one before it is left."""
+    shutil.copytree(run, out)
+    for path in list_checkpoints(out / "ckpt")[1:]:
+        path.unlink()
+    (out / "model.pt").unlink()
+    return out
+
+
 def _refine(cfg, steps, **extra):
     return dataclasses.replace(cfg, refine=dataclasses.replace(cfg.refine, steps=steps, **extra))
 
@@ -221,11 +230,7 @@ def test_the_refine_stage_trains_only_the_refiner_and_a_killed_run_resumes_exact
     assert (tmp_path / "straight" / "reports" / "losses.tsv").read_text().startswith("step\trefine_l1\trefine_edges\tbase_l1")
 
     # a run killed after step 3: its step-4 checkpoint and its model never written
-    out = tmp_path / "killed"
-    shutil.copytree(tmp_path / "straight", out)
-    for path in list_checkpoints(out / "ckpt")[1:]:
-        path.unlink()
-    (out / "model.pt").unlink()
+    out = killed_copy(tmp_path / "straight", tmp_path / "killed")
     assert [load_checkpoint(p)["step"] for p in list_checkpoints(out / "ckpt")] == [3]
     _, resumed = train(_refine(cfg, 4), "refine", processed, out, init=init)
     for key, value in refined.items():  # the cache rebuilt after the resume holds the same candidates
@@ -237,7 +242,8 @@ def test_the_refine_pool_is_fixed_and_its_settings_change_the_result(data, gan_m
     cfg, init = gan_model
     _, base = train(_refine(cfg, 3), "refine", processed, tmp_path / "base", init=init)
     for name, change in {"lr": {"lr": cfg.refine.lr * 10}, "pool": {"pool": 2}, "grad_clip": {"grad_clip": 1e-6},
-                         "edge_weight": {"edge_weight": 0.0}, "texture_weight": {"texture_weight": 1.0}}.items():
+                         "edge_weight": {"edge_weight": 0.0}, "texture_weight": {"texture_weight": 1.0},
+                         "patch": {"patch": cfg.data.crop_size // 2}}.items():
         _, other = train(_refine(cfg, 3, **change), "refine", processed, tmp_path / name, init=init)
         assert not torch.equal(other.refiner.out.weight, base.refiner.out.weight), name
     wide = dataclasses.replace(cfg, model=dataclasses.replace(
@@ -245,6 +251,28 @@ def test_the_refine_pool_is_fixed_and_its_settings_change_the_result(data, gan_m
     _, other = train(_refine(wide, 3), "refine", processed, tmp_path / "dilations", init=init)
     assert other.refiner.out.weight.shape == base.refiner.out.weight.shape
     assert not torch.equal(other.refiner.out.weight, base.refiner.out.weight)
+
+
+def test_patch_windows_lie_inside_the_image_and_crop_every_tensor_at_its_own_window():
+    g = torch.Generator().manual_seed(0)
+    windows = random_windows((9, 7), 4, 200, g)
+    assert {t for t, _ in windows} == set(range(6)) and {left for _, left in windows} == set(range(4))
+    x = torch.arange(3 * 2 * 9 * 7.0).view(3, 2, 9, 7)
+    crops = crop_windows(x, [(0, 0), (5, 3), (2, 1)], 4)
+    assert crops.shape == (3, 2, 4, 4)
+    assert torch.equal(crops[1], x[1, :, 5:9, 3:7]) and torch.equal(crops[2], x[2, :, 2:6, 1:5])
+
+
+def test_a_patched_refine_run_resumes_exactly(data, gan_model, tmp_path):
+    """The windows are drawn from (seed, step): a run killed after step 2 ends where an uninterrupted one does."""
+    raw, processed = data
+    cfg, init = gan_model
+    patched = _refine(cfg, 3, patch=cfg.data.crop_size // 2)
+    _, straight = train(patched, "refine", processed, tmp_path / "straight", init=init)
+    out = killed_copy(tmp_path / "straight", tmp_path / "killed")
+    assert [load_checkpoint(p)["step"] for p in list_checkpoints(out / "ckpt")] == [2]
+    _, resumed = train(patched, "refine", processed, out, init=init)
+    assert torch.equal(resumed.refiner.out.weight, straight.refiner.out.weight)
 
 
 def test_a_hard_refiner_trains_soft_for_its_soft_steps(data, gan_model, tmp_path):

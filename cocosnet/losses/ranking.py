@@ -28,6 +28,8 @@ from cocosnet.models.blocks import resize_to
 from cocosnet.models.ops import candidate_scores, sample_at
 
 TRUTH_REACH = 1.5  # level pixels: a candidate this near the true match counts as it
+FLOW_REACH = 3.0  # level pixels: the GRU's deltas are asked to close gaps up to this; farther is a wrong match
+FLOW_GAMMA = 0.8  # RAFT's sequence weight: iteration i of n counts gamma ** (n - 1 - i)
 RANK_SIGMA = 0.05  # cost scale of the target distribution: colours in [-1, 1], a mean over 27 values
 PATCH_OFFSETS = [(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 
@@ -94,4 +96,28 @@ def truth_ranking_loss(scores: list[Tensor], coords: list[Tensor], *, truth: Ten
         if ok.any():
             log_p = torch.log_softmax(logits / temperature, dim=-1)
             total = total - log_p.gather(-1, choice.unsqueeze(-1)).squeeze(-1)[ok].mean()
+    return total
+
+
+def truth_flow_loss(trails: list[list[Tensor]], *, truth: Tensor, valid: Tensor, reach: float = FLOW_REACH,
+                    gamma: float = FLOW_GAMMA) -> Tensor:
+    """The GRU's moves supervised with the true match (`loss_weights.flow_truth`, synthetic data only), as
+    RAFT supervises every update: at every level and GRU iteration, the distance from each pixel's
+    candidate nearest the truth to the truth (L1, level pixels), where that candidate is within `reach`,
+    weighted gamma ** (n - 1 - i) over the n iterations, so that later iterations count more. Farther
+    candidates are wrong matches that a delta of a few pixels cannot mend; the ranking terms are for them.
+    The searched positions are detached, so the gradient reaches the GRU alone (and what it reads).
+
+    trails: per level, the GRU's candidates (B, h, w, k, 2) after each iteration (a search-only level: []);
+    truth (B, S, S, 2) exemplar-crop (x, y) of every target pixel, valid (B, S, S)."""
+    total = truth.new_zeros(())
+    for trail in trails:
+        if not trail:
+            continue
+        gt, ok = level_gt(truth, valid, tuple(trail[0].shape[1:3]))
+        for i, coords in enumerate(trail):
+            nearest = (coords.float() - gt.unsqueeze(-2)).abs().sum(-1).min(-1).values  # (B, h, w)
+            near = ok & (nearest.detach() <= reach)
+            if near.any():
+                total = total + gamma ** (len(trail) - 1 - i) * nearest[near].mean()
     return total

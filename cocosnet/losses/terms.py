@@ -15,7 +15,7 @@ from cocosnet.losses.contextual import contextual_loss
 from cocosnet.models.blocks import resize_to
 
 LOSS_KEYS = ("feat_align", "warp_self", "warp_cycle", "warp_geometry", "gan", "gan_feat", "fm", "perceptual",
-             "contextual", "recon", "rank", "rank_truth")
+             "contextual", "recon", "rank", "rank_truth", "flow_truth")
 FM_LAYERS = (("relu1_2", 1 / 32), ("relu2_2", 1 / 16), ("relu3_2", 1 / 8), ("relu4_2", 1 / 4), ("relu5_2", 1.0))
 
 

@@ -31,13 +31,16 @@ class SepConvGRU(nn.Module):
 
 class UpdateBlock(nn.Module):
     """Candidate scores + offsets -> motion features -> SepConvGRU -> continuous offset deltas, and with
-    `rerank` a score bias per candidate (zero at initialisation, so training starts from the search's ranking)."""
+    `rerank` a score bias per candidate (zero at initialisation, so training starts from the search's ranking).
+    With `window` > 0 the correlation input also holds that many cost values per candidate (the lookup)."""
 
-    def __init__(self, num_candidates: int, hidden_dim: int = 32, motion_dim: int = 64, *, rerank: bool = False):
+    def __init__(self, num_candidates: int, hidden_dim: int = 32, motion_dim: int = 64, *, rerank: bool = False,
+                 window: int = 0):
         super().__init__()
         k = num_candidates
         relu = nn.ReLU(inplace=False)
-        self.corr_enc = nn.Sequential(nn.Conv2d(k, motion_dim, 1), relu, nn.Conv2d(motion_dim, motion_dim, 3, padding=1), relu)
+        self.corr_enc = nn.Sequential(nn.Conv2d(k * (1 + window), motion_dim, 1), relu,
+                                      nn.Conv2d(motion_dim, motion_dim, 3, padding=1), relu)
         self.flow_enc = nn.Sequential(nn.Conv2d(2 * k, motion_dim, 7, padding=3), relu,
                                       nn.Conv2d(motion_dim, motion_dim, 3, padding=1), relu)
         self.motion = nn.Sequential(nn.Conv2d(2 * motion_dim, hidden_dim, 3, padding=1), relu)
@@ -52,7 +55,7 @@ class UpdateBlock(nn.Module):
             nn.init.zeros_(self.rerank[-1].bias)
 
     def forward(self, h: Tensor, corr: Tensor, flow: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """h (B, hidden, H, W), corr (B, k, H, W), flow (B, 2k, H, W)
+        """h (B, hidden, H, W), corr (B, k (1 + window), H, W), flow (B, 2k, H, W)
         -> (h, delta (B, 2k, H, W), score bias (B, k, H, W) or None)."""
         motion = self.motion(torch.cat([self.corr_enc(corr), self.flow_enc(flow)], dim=1))
         h = self.gru(h, torch.cat([motion, flow], dim=1))

@@ -29,6 +29,8 @@ class CorrespondenceOutput:
     scores: list[Tensor]  # per level: (B, h_l, w_l, k)
     extra_warps: list[Tensor] | None = None  # per level: the `extra` maps warped like the colours
     features: list[tuple[Tensor, Tensor]] | None = None  # in training, per level: the (query, key) scored
+    head_scores: list[Tensor] | None = None  # in training, per level: `scores` with the cosines detached
+    trails: list[list[Tensor]] | None = None  # in training, per level: the GRU's candidates after each iteration
 
 
 def dense_match(query: Tensor, key: Tensor, key_colors: Tensor, *, temperature: float, k: int,
@@ -108,7 +110,8 @@ class HierarchicalCorrespondence(nn.Module):
         self.levels = nn.ModuleList([
             PatchMatchGRU(match_channels, num_candidates=k, iters=iters, hidden_dim=cfg.gru_hidden,
                           temperature=cfg.temperature, update_stride=stride, gru=gru, search_radius=radius,
-                          search_samples=samples, rerank=rerank)
+                          search_samples=samples, rerank=rerank, gru_reads_detached=cfg.rank_grad == "head",
+                          lookup=cfg.lookup)
             for k, iters, gru, stride, radius, samples, rerank in zip(
                 cfg.num_candidates, cfg.iters, cfg.gru, cfg.update_stride, cfg.search_radius, cfg.search_samples,
                 cfg.rerank)])
@@ -129,16 +132,20 @@ class HierarchicalCorrespondence(nn.Module):
         with torch.autocast(exemplar.device.type, enabled=False):
             warp, cycle_warp, coords, scores = dense_match(query[0], key[0], colors[0], temperature=self.temperature,
                                                            k=self.handed_down[0], cycle=cycle)
-        warps, coords_out, scores_out = [warp], [coords], [scores]
+        warps, coords_out, scores_out, heads, trails = [warp], [coords], [scores], [scores.detach()], [[]]
         for i, level in enumerate(self.levels, start=1):
             handed = coords[..., :self.handed_down[i - 1], :].detach()  # the best of the coarser level
             init = upsample_candidates(handed, tuple(query[i].shape[-2:]), tuple(key[i].shape[-2:]),
                                        tuple(key[i - 1].shape[-2:]))
-            coords, scores, warp = level(query[i], key[i], colors[i], init=init, generator=generator)
+            coords, scores, warp, details = level(query[i], key[i], colors[i], init=init, generator=generator,
+                                                  details=True)
             warps.append(warp)
             coords_out.append(coords)
             scores_out.append(scores)
+            heads.append(details.head_scores)
+            trails.append(details.trail)
         return CorrespondenceOutput([w[:, :3] for w in warps], None if cycle_warp is None else cycle_warp[:, :3],
                                     coords_out, scores_out,
                                     None if extra is None else [w[:, 3:] for w in warps],
-                                    list(zip(query, key)) if self.training else None)  # for the rank_truth term
+                                    list(zip(query, key)) if self.training else None,  # for the rank_truth term
+                                    heads if self.training else None, trails if self.training else None)

@@ -51,9 +51,10 @@ def official_correspondence(levels: int) -> CorrespondenceConfig:
     with this project's learning GRU (update zeroed by `load_official`) and no pose geometry."""
     n = levels - 1
     return CorrespondenceConfig(num_candidates=(16,) * n, iters=(5,) * n, gru=(True,) * n, update_stride=(2,) * n,
-                                rerank=(False,) * n, search_radius=(4.0,) * n, search_samples=(4,) * n,
+                                rerank=(False,) * n, rank_grad="features", search_radius=(4.0,) * n,
+                                search_samples=(4,) * n,
                                 handed_down=(1,) * n,
-                                gru_hidden=32, temperature=0.01, pose_geometry=0.0, geometry_sharpness=20.0)
+                                gru_hidden=32, lookup=0, temperature=0.01, pose_geometry=0.0, geometry_sharpness=20.0)
 
 
 OFFICIAL_DISCRIMINATOR = DiscriminatorConfig(ndf=64, n_layers=4, num_d=2)

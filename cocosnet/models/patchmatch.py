@@ -17,6 +17,8 @@ gradient; the final scores are recomputed with gradient.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,6 +28,15 @@ from cocosnet.models.convgru import UpdateBlock
 from cocosnet.models.ops import candidate_scores, clamp_coords, select_top_k, weighted_sample
 
 Generators = torch.Generator | list[torch.Generator] | None
+LOOKUP_SCALE = 10.0  # cosine differences (a few hundredths apart) as the GRU's input
+
+
+class LevelDetails(NamedTuple):
+    """What a level hands the training terms besides its candidates."""
+
+    head_scores: Tensor  # (B, H, W, k) the final scores with their cosines detached, best first: what only the
+    # re-ranking head can change (`rank_grad: head`)
+    trail: list[Tensor]  # per GRU iteration, the candidates it moved (B, H, W, k, 2), unsorted (`flow_truth`)
 
 
 def uniform(shape: tuple[int, ...], generator: Generators, like: Tensor) -> Tensor:
@@ -125,21 +136,26 @@ class PatchMatchGRU(nn.Module):
     adds a learned bias to each candidate's final score, so the GRU can change
     which candidate is first (a jump of any length, e.g. to a neighbour's match),
     not only move candidates by its deltas; the returned scores then include it.
+    With `gru_reads_detached` the GRU reads the matching features without passing
+    gradient back to them (`rank_grad: head`: the ranking terms train the GRU alone).
     """
 
     def __init__(self, feature_dim: int, *, num_candidates: int = 16, iters: int = 5, hidden_dim: int = 32,
                  temperature: float = 0.01, update_stride: int = 2, gru: bool = True, search_radius: float = 4.0,
-                 search_samples: int = 4, rerank: bool = False):
+                 search_samples: int = 4, rerank: bool = False, gru_reads_detached: bool = False, lookup: int = 0):
         super().__init__()
+        self.lookup = [(dx, dy) for dy in range(-lookup, lookup + 1) for dx in range(-lookup, lookup + 1)
+                       if lookup and (dx, dy) != (0, 0)]
         self.k, self.iters, self.temperature = num_candidates, iters, temperature
         self.stride, self.gru, self.rerank = update_stride, gru, gru and rerank
+        self.gru_reads_detached = gru_reads_detached
         self.search_radius, self.search_samples = search_radius, search_samples
         if gru:
             self.hidden_init = nn.Sequential(
                 nn.Conv2d(2 * feature_dim, hidden_dim, 3, padding=1, bias=False), nn.InstanceNorm2d(hidden_dim),
                 nn.ReLU(), nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, bias=False),
                 nn.InstanceNorm2d(hidden_dim), nn.ReLU())
-            self.update = UpdateBlock(num_candidates, hidden_dim, rerank=self.rerank)
+            self.update = UpdateBlock(num_candidates, hidden_dim, rerank=self.rerank, window=len(self.lookup))
 
     def _pool(self, x: Tensor) -> Tensor:
         if self.stride == 1:
@@ -147,10 +163,22 @@ class PatchMatchGRU(nn.Module):
         size = (-(-x.shape[-2] // self.stride), -(-x.shape[-1] // self.stride))
         return F.adaptive_avg_pool2d(x, size)
 
-    def _update(self, h: Tensor, scores: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    @torch.no_grad()
+    def _cost_window(self, query: Tensor, key: Tensor, coords: Tensor, scores: Tensor) -> Tensor:
+        """(B, H, W, k * window): the cosine at each of the lookup's offsets around each candidate, less the
+        candidate's own, scaled like the refiner's score gaps: the local cost surface (RAFT's lookup)."""
+        hk, wk = key.shape[-2:]
+        around = [candidate_scores(query, key, clamp_coords(coords + coords.new_tensor(d), hk, wk))
+                  for d in self.lookup]
+        return ((torch.stack(around, -1) - scores.unsqueeze(-1)) * LOOKUP_SCALE).flatten(-2)
+
+    def _update(self, h: Tensor, scores: Tensor, offsets: Tensor, cost: Tensor | None = None
+                ) -> tuple[Tensor, Tensor, Tensor | None]:
         """-> new hidden state, deltas (B, H, W, k, 2) and score bias (B, H, W, k) or None, at full resolution."""
         b, hh, ww, k, _ = offsets.shape
-        corr = self._pool(torch.softmax(scores / self.temperature, dim=-1).permute(0, 3, 1, 2))  # (B, k, h', w')
+        probs = torch.softmax(scores / self.temperature, dim=-1)
+        seen = probs if cost is None else torch.cat([probs, cost], dim=-1)
+        corr = self._pool(seen.permute(0, 3, 1, 2))  # (B, k (1 + window), h', w')
         # A channels-last view: `permute(0, 3, 4, 1, 2).reshape` gave the same strides, except a batch stride
         # (B = 1) that made the pooling copy the map to NCHW first (13x slower at 1024^2).
         flow = self._pool(offsets.reshape(b, hh, ww, 2 * k).permute(0, 3, 1, 2))  # (B, 2k, h', w')
@@ -163,11 +191,12 @@ class PatchMatchGRU(nn.Module):
         return h, delta, None if bias is None else bias.permute(0, 2, 3, 1)
 
     def forward(self, query: Tensor, key: Tensor, key_colors: Tensor, init: Tensor | None = None,
-                generator: Generators = None) -> tuple[Tensor, Tensor, Tensor]:
+                generator: Generators = None, *, details: bool = False) -> tuple:
         """query (B, C, H, W), key (B, C, Hk, Wk), key_colors (B, c, Hk, Wk) at the key's size.
 
         Returns coords (B, H, W, k, 2) best first, scores (B, H, W, k) and the
-        softmax warp of the colours (B, c, H, W).
+        softmax warp of the colours (B, c, H, W); with `details` also a `LevelDetails`
+        for the training terms.
         """
         b, _, h, w = query.shape
         hk, wk = key.shape[-2:]
@@ -177,24 +206,31 @@ class PatchMatchGRU(nn.Module):
         if self.gru:
             # pooled before the concatenation: the same values, a quarter of the copy at stride 2
             best = weighted_sample(key, coords[..., :1, :], coords.new_ones(b, h, w, 1))
-            hidden = self.hidden_init(torch.cat([self._pool(query), self._pool(best)], 1))
+            seen = torch.cat([self._pool(query), self._pool(best)], 1)
+            hidden = self.hidden_init(seen.detach() if self.gru_reads_detached else seen)
             grid = pixel_grid(b, h, w, query.device, query.dtype) * query.new_tensor([wk / w, hk / h])
+        trail = []
         for it in range(self.iters):
             searched, scores = search_step(q_search, k_search, coords.detach(), scores, radius=radius * 0.5 ** it,
                                            num_random=self.search_samples, generator=generator)
             if not self.gru:
                 coords = searched
                 continue
-            hidden, delta, bias = self._update(hidden, scores, searched - grid)
+            cost = self._cost_window(q_search, k_search, searched, scores) if self.lookup else None
+            hidden, delta, bias = self._update(hidden, scores, searched - grid, cost)
             coords = clamp_coords(searched + delta, hk, wk)
+            trail.append(coords)
             if it < self.iters - 1:  # the last positions are scored once, below
                 with torch.no_grad():
                     scores = candidate_scores(q_search, k_search, coords)
         if (self.gru and self.iters > 0) or torch.is_grad_enabled():  # else the search's scores are current
             scores = candidate_scores(q_search, k_search, coords)
+        head = scores.detach()
         if self.rerank:
-            scores = scores + bias  # the last update's bias, in the order of its candidates
+            scores, head = scores + bias, head + bias  # the last update's bias, in the order of its candidates
         scores, order = scores.sort(dim=-1, descending=True)
         coords = coords.gather(-2, order.unsqueeze(-1).expand(*order.shape, 2))
         warp = weighted_sample(key_colors, coords, torch.softmax(scores / self.temperature, dim=-1))
+        if details:
+            return coords, scores, warp, LevelDetails(head.gather(-1, order), trail)
         return coords, scores, warp

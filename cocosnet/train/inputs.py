@@ -45,7 +45,8 @@ class StageSpec:
 PRETRAIN = StageSpec("pretrain", ("data.load_size", "data.crop_size", "model.align", "model.correspondence",
                                   "loss_weights.feat_align",
                                   "loss_weights.warp_self", "loss_weights.warp_cycle", "loss_weights.warp_geometry",
-                                  "loss_weights.rank", "loss_weights.rank_truth", "pretrain"))
+                                  "loss_weights.rank", "loss_weights.rank_truth", "loss_weights.flow_truth",
+                                  "pretrain"))
 TRAIN = StageSpec("train", ("data.load_size", "data.crop_size", "model.align", "model.correspondence",
                             "model.generator", "model.discriminator", "loss_weights", "vgg", "train"))
 # The refiner trains alone on the frozen GAN model (models/train.pt, whose hash is among its inputs).

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from cocosnet.config import Config, PretrainConfig, RefineConfig, TrainConfig
+from cocosnet.config import Config, PretrainConfig, RefineConfig, TrainConfig, uses_truth
 from cocosnet.data.dataset import PairDataset
 from cocosnet.io import atomic_save, atomic_write
 from cocosnet.losses.vgg import load_vgg19
@@ -116,7 +116,7 @@ def training_dataset(cfg: Config, spec: StageSpec, pairs: pd.DataFrame) -> PairD
     table = refine_pool(training_pairs(pairs), section) if isinstance(section, RefineConfig) else training_pairs(pairs)
     return PairDataset(table, Path(cfg.data.processed), load_size=cfg.data.load_size,
                        crop_size=cfg.data.crop_size, random_crop=True, flip=flip, seed=section.seed,
-                       truth_root=Path(cfg.data.root) if cfg.loss_weights.rank_truth > 0 else None)
+                       truth_root=Path(cfg.data.root) if uses_truth(cfg.loss_weights) else None)
 
 
 def batches(cfg: Config, spec: StageSpec, pairs: pd.DataFrame, info: DistInfo, start: int) -> DataLoader:

@@ -62,6 +62,21 @@ def texture_term(output: Tensor, target: Tensor, generator: torch.Generator, *, 
     return (projected(po) - projected(pt)).abs().mean()
 
 
+def random_windows(size: tuple[int, int], patch: int, n: int, generator: torch.Generator) -> list[tuple[int, int]]:
+    """n (top, left) corners of patch x patch windows drawn uniformly inside an image of `size` (H, W)."""
+    h, w = size
+    tops = torch.randint(h - patch + 1, (n,), generator=generator).tolist()
+    lefts = torch.randint(w - patch + 1, (n,), generator=generator).tolist()
+    return list(zip(tops, lefts))
+
+
+def crop_windows(x: Tensor, windows: list[tuple[int, int]], patch: int) -> Tensor:
+    """(B, ..., H, W) -> (B, ..., patch, patch): sample i's window at windows[i]. The refiner is convolutional
+    and sees 13-35 px, so windows of a crop teach it what the crop does at a fraction of the cost a step
+    (refine.patch; docs/studies/generation.md, section 6)."""
+    return torch.stack([x[i, ..., top:top + patch, left:left + patch] for i, (top, left) in enumerate(windows)])
+
+
 def refine_pool(training: pd.DataFrame, cfg: RefineConfig) -> pd.DataFrame:
     """The stage's fixed pool: `cfg.pool` training rows drawn with `cfg.seed` (all of them when fewer)."""
     if cfg.pool >= len(training):
@@ -73,7 +88,7 @@ class RefineTrainer:
     """Adam on `model.refiner` against the L1 to the target and to its edges (`refine.edge_weight`), plus
     the finest band's texture statistics (`refine.texture_weight`), the learning rate decaying linearly to 0
     over the run; the matcher and the generator stay frozen. A hard refiner trains soft for the first
-    `refine.soft_steps`."""
+    `refine.soft_steps`. With `refine.patch` each step sees a random window of each crop."""
 
     def __init__(self, model: CoCosNet, cfg: RefineConfig, *, device: torch.device, distributed: bool = False):
         if model.refiner is None:
@@ -120,16 +135,24 @@ class RefineTrainer:
     def step(self, batch: dict, step: int) -> dict[str, float]:
         b = {k: v.to(self.device) for k, v in batch.items()}
         colors, scores, image, offsets = self.inputs(b)
+        label, target = b["label"], b["image"]
+        if self.cfg.patch:  # drawn from (seed, step), so a resumed run draws the same windows
+            windows = random_windows(tuple(target.shape[-2:]), self.cfg.patch, len(target),
+                                     torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step + 500_009))
+            colors, image, label, target = (crop_windows(t, windows, self.cfg.patch)
+                                            for t in (colors, image, label, target))
+            scores = crop_windows(scores.permute(0, 3, 1, 2), windows, self.cfg.patch).permute(0, 2, 3, 1)
+            offsets = None if offsets is None else crop_windows(offsets, windows, self.cfg.patch)
         self.model.refiner.train()
         # unclamped: a clamped pixel would pass no gradient. A hard refiner first learns the soft re-weighting
         # (`soft_steps`), so that its hard choice starts from a learned ranking
         warm = "soft" if step <= self.cfg.soft_steps else None
-        out = self.net(colors, scores, b["label"], image, offsets, select=warm)
-        l1, edges = refine_terms(out, b["image"])
+        out = self.net(colors, scores, label, image, offsets, select=warm)
+        l1, edges = refine_terms(out, target)
         loss = l1 + self.cfg.edge_weight * edges
         terms = {"refine_l1": l1.item(), "refine_edges": edges.item()}
         if self.cfg.texture_weight > 0:  # drawn from (seed, step), so a resumed run draws the same
-            texture = texture_term(out, b["image"], torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step))
+            texture = texture_term(out, target, torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step))
             loss = loss + self.cfg.texture_weight * texture
             terms["refine_texture"] = texture.item()
         for group in self.opt.param_groups:
@@ -139,7 +162,7 @@ class RefineTrainer:
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.refiner.parameters(), self.cfg.grad_clip)
         self.opt.step()
-        return {**terms, "base_l1": (image - b["image"]).abs().mean().item()}
+        return {**terms, "base_l1": (image - target).abs().mean().item()}
 
     @torch.no_grad()
     def sample(self, batch: dict, step: int) -> tuple[list[Tensor], Tensor | None]:

@@ -30,7 +30,7 @@ from cocosnet.models.cocosnet import CoCosNet
 from cocosnet.train.precision import autocast, autocast_dtype
 from cocosnet.train.schedule import lr_at, ttur
 
-CORRESPONDENCE_KEYS = ("feat_align", "warp_self", "warp_cycle", "warp_geometry", "rank", "rank_truth")
+CORRESPONDENCE_KEYS = ("feat_align", "warp_self", "warp_cycle", "warp_geometry", "rank", "rank_truth", "flow_truth")
 
 
 def sample_generators(seed: int, step: int, indices: Tensor, device: torch.device) -> list[torch.Generator]:
@@ -66,12 +66,14 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 def ranking(model: CoCosNet, weights: dict[str, float], batch: dict) -> dict:
     """The ranking arguments of the objective: only the terms whose weight is on are computed (the
-    batch carries the true matches when its dataset was asked for them, rank_truth > 0)."""
-    if weights["rank"] <= 0 and weights["rank_truth"] <= 0:
+    batch carries the true matches when its dataset was asked for them, rank_truth or flow_truth > 0)."""
+    rank, by_truth, flow = weights["rank"] > 0, weights["rank_truth"] > 0, weights["flow_truth"] > 0
+    if not (rank or by_truth or flow):
         return {}
-    truth = (batch["truth"], batch["truth_valid"]) if weights["rank_truth"] > 0 else None
-    return {"rank_temperature": model.config.correspondence.temperature, "photometric": weights["rank"] > 0,
-            "truth": truth}
+    c = model.config.correspondence
+    return {"rank_temperature": c.temperature if rank or by_truth else None, "photometric": rank,
+            "truth": (batch["truth"], batch["truth_valid"]) if by_truth or flow else None,
+            "head_only": c.rank_grad == "head", "truth_rank": by_truth, "flow": flow}
 
 
 def _optimise(loss: Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params,
