@@ -75,12 +75,18 @@ def test_the_loss_is_lowest_when_the_true_candidate_ranks_first_and_ref_pairs_do
     assert ref.item() == 0
 
 
+def training_match(model):
+    """The matcher's training-mode output on a fixed random 32 px batch, with that batch's photo and exemplar."""
+    label, exemplar, exemplar_label, real = batch(32, 32)
+    out = model.matcher(label, exemplar, exemplar_label, real=real, generator=torch.Generator().manual_seed(0))
+    return out, real, exemplar
+
+
 def test_the_term_reaches_the_features_and_the_gru_and_is_computed_only_when_asked():
     torch.manual_seed(0)
     cfg = tiny_config()
     model = CoCosNet.from_config(cfg)
-    label, exemplar, exemplar_label, real = batch(32, 32)
-    out = model.matcher(label, exemplar, exemplar_label, real=real, generator=torch.Generator().manual_seed(0))
+    out, real, exemplar = training_match(model)
     kwargs = dict(real=real, exemplar=exemplar, self_ref=torch.ones(2))
     assert "rank" not in correspondence_terms(out, **kwargs)
     terms = correspondence_terms(out, **kwargs, rank_temperature=cfg.model.correspondence.temperature)
@@ -108,8 +114,7 @@ def test_rank_grad_head_trains_the_reranking_head_alone(rank_grad):
     with torch.no_grad():  # a live head: it starts at zero, and its input weights get no gradient through zeros
         for level in model.matcher.correspondence.levels:
             level.update.rerank[-1].weight.normal_(std=0.1)
-    label, exemplar, exemplar_label, real = batch(32, 32)
-    out = model.matcher(label, exemplar, exemplar_label, real=real, generator=torch.Generator().manual_seed(0))
+    out, real, exemplar = training_match(model)
     corr = out.correspondence
     for scores, head in zip(corr.scores, corr.head_scores):
         torch.testing.assert_close(head, scores.detach())
@@ -254,8 +259,7 @@ def test_the_flow_term_trains_the_gru_through_its_moves():
     torch.manual_seed(0)
     cfg = tiny_config()
     model = CoCosNet.from_config(cfg)
-    label, exemplar, exemplar_label, real = batch(32, 32)
-    out = model.matcher(label, exemplar, exemplar_label, real=real, generator=torch.Generator().manual_seed(0))
+    out, real, exemplar = training_match(model)
     trails = out.correspondence.trails
     assert [len(t) for t in trails] == [0, *cfg.model.correspondence.iters]
     # the truth: each pixel's first candidate, moved by one level pixel, so that every pixel is within reach
